@@ -1,0 +1,330 @@
+"""The `hpsearch` command line: one click group, thin commands, domain errors as one clean line.
+
+Exit codes: 0 success; 2 bad input (file, field, option, unknown study); 1 a runtime failure;
+130 interrupted (finished trials are kept: run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from hpsearch.errors import RunFailure, UsageError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class BadInput(click.ClickException):
+    exit_code = EXIT_BAD_INPUT
+
+
+def _spec_error_type():
+    from hpsearch.spec import SpecError
+
+    return SpecError
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def storage_options(f):
+    f = click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the file's, else sqlite:///mlruns/mlflow.db).")(f)
+    f = click.option("--storage", default=None, help="Optuna storage URL or journal file (default: studies/journal.log).")(f)
+    return f
+
+
+def study_selector(f):
+    f = click.option("--study", "study_name", default=None, help="Study name (instead of SPACE).")(f)
+    f = click.argument("space", required=False, type=click.Path(dir_okay=False))(f)
+    return storage_options(f)
+
+
+def _load_spec(path: str, **overrides):
+    from hpsearch.spec import apply_overrides, load_spec
+
+    spec = load_spec(path)
+    if any(v is not None for v in overrides.values()):
+        spec = apply_overrides(spec, **overrides)
+    return spec
+
+
+def _resolve_study(space, study_name, storage, tracking_uri):
+    """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
+    from hpsearch import study as study_mod
+    from hpsearch.tracking import DEFAULT_TRACKING_URI
+
+    if space and study_name:
+        raise UsageError("--study: give either SPACE or --study, not both")
+    if space:
+        spec = _load_spec(space, storage=storage, tracking_uri=tracking_uri)
+        name, storage, uri = spec.study.name, spec.study.storage, spec.tracking.uri
+    elif study_name:
+        name, uri = study_name, tracking_uri
+        last = study_mod.last_run()
+        if storage is None and last and last.study_name == study_name:
+            storage = last.storage
+    else:
+        last = study_mod.last_run()
+        if last is None:
+            raise UsageError("SPACE: no study has been run from this folder yet; give SPACE or --study NAME")
+        name, storage, uri = last.study_name, storage or last.storage, tracking_uri or last.tracking_uri
+    study = study_mod.load_existing_study(name, storage)
+    uri = uri or study.user_attrs.get("hpsearch.tracking_uri") or DEFAULT_TRACKING_URI
+    return study, storage, uri
+
+
+# ---------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpsearch")
+def cli() -> None:
+    """Hyperparameter search for fine-tuning torchvision models: one YAML file, Optuna, MLflow, every GPU."""
+
+
+@cli.command()
+@click.argument("space", type=click.Path(dir_okay=False))
+@click.option("--n-trials", type=int, default=None, help="Finished trials the study must hold (overrides study.n_trials).")
+@click.option("--timeout", default=None, help="Stop starting trials after this long: 90s, 30m, 8h (overrides study.timeout).")
+@click.option("--devices", default=None, help="auto | cpu | GPU indices like 0,1 (overrides resources.devices).")
+@click.option("--trials-per-device", type=int, default=None, help="Worker processes per device.")
+@click.option("--study-name", default=None, help="Study name (overrides study.name).")
+@click.option("--seed", type=int, default=None, help="Sampler seed (overrides study.sampler.seed).")
+@storage_options
+def run(space, n_trials, timeout, devices, trials_per_device, study_name, seed, storage, tracking_uri):
+    """Create or resume the study in SPACE and run its remaining trials."""
+    from hpsearch.runner import run_study
+
+    spec = _load_spec(
+        space, n_trials=n_trials, timeout=timeout, devices=devices, trials_per_device=trials_per_device,
+        study_name=study_name, seed=seed, storage=storage, tracking_uri=tracking_uri,
+    )
+    summary = run_study(spec)
+    if summary.interrupted:
+        click.echo(
+            f"interrupted: {summary.finished} finished trials are kept; run the same command again to resume",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@cli.command()
+@click.argument("space", type=click.Path(dir_okay=False))
+def validate(space):
+    """Check SPACE and print the resolved space; trains nothing."""
+    import yaml
+
+    spec = _load_spec(space)
+    click.echo(f"# {space}: valid")
+    click.echo(yaml.safe_dump(spec.to_dict(), sort_keys=False).rstrip())
+    if spec.search_space:
+        click.echo(f"# searching {len(spec.search_space)} hyperparameter(s):")
+        for p in spec.search_space.values():
+            click.echo(f"#   {_describe_param(p)}")
+    else:
+        click.echo("# no search space: every value is fixed (use `hpsearch train`)")
+
+
+def _describe_param(p) -> str:
+    when = ""
+    if p.when:
+        when = " when " + ", ".join(
+            f"{k}={'|'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in p.when.items()
+        )
+    if p.type == "categorical":
+        return f"{p.name}: one of {list(p.choices)}{when}"
+    scale = ", log" if p.log else ""
+    step = f", step {p.step}" if p.step else ""
+    return f"{p.name}: {p.type} in [{p.low}, {p.high}]{scale}{step}{when}"
+
+
+@cli.command()
+@study_selector
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def status(space, study_name, storage, tracking_uri, fmt):
+    """One row per trial: state, value, duration, params."""
+    from hpsearch.report import flat_rows, trial_rows
+
+    study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    rows = trial_rows(study)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    flat = flat_rows(rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        fields = list(flat[0]) if flat else ["number", "state", "value"]
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(flat)
+        click.echo(buf.getvalue().rstrip("\n"))
+        return
+    _print_table(study.study_name, flat)
+
+
+def _print_table(title: str, flat: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"study {title}: {len(flat)} trials", title_justify="left")
+    columns = [c for c in (flat[0] if flat else {}) if c not in ("mlflow_run_id",)]
+    for c in columns:
+        table.add_column(c.replace("params.", ""), overflow="fold")
+    for r in flat:
+        table.add_row(*[_cell(r[c]) for c in columns])
+    Console(width=max(100, min(200, _terminal_width()))).print(table)
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 160
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).splitlines()[0][:60]
+
+
+@cli.command()
+@study_selector
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--export", "export_dir", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Write best.yaml, model.pt and trial.json (default DIR: studies/<study>/best/).")
+@click.option("--evaluate", is_flag=True, help="Report the best checkpoint's test-set accuracy.")
+@click.option("--device", default="auto", show_default=True, help="Device for --evaluate: auto | cpu | cuda.")
+def best(space, study_name, storage, tracking_uri, fmt, export_dir, evaluate, device):
+    """The best trial: value, params, trial number, MLflow run id, checkpoint."""
+    from hpsearch.report import best_record
+
+    study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    record = best_record(study, storage, uri)
+    if evaluate:
+        record.update(_evaluate_best(study, record, device))
+    if export_dir is not None:
+        from hpsearch.export import default_export_dir, export_best
+
+        out = Path(export_dir) if export_dir else default_export_dir(study.study_name)
+        written = export_best(study, record, out)
+        record["exported"] = {k: str(v) for k, v in written.items()}
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    click.echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
+    click.echo(f"best trial   {record['trial_number']}")
+    click.echo(f"{record['metric'] or 'value':<12} {record['value']:.6g}")
+    for k, v in record["params"].items():
+        click.echo(f"  {k:<14} {v:.6g}" if isinstance(v, float) else f"  {k:<14} {v}")
+    click.echo(f"mlflow run   {record['mlflow_run_id']}")
+    click.echo(f"checkpoint   {record['checkpoint'] or '-'}")
+    if evaluate:
+        click.echo(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
+    if "exported" in record:
+        click.echo("exported     " + ", ".join(record["exported"].values()))
+
+
+def _evaluate_best(study, record, device) -> dict:
+    import tempfile
+
+    from hpsearch import tracking
+    from hpsearch.export import spec_of_study
+    from hpsearch.retrain import evaluate_checkpoint, pick_device
+
+    if not record.get("checkpoint"):
+        raise UsageError(
+            f"--evaluate: trial {record['trial_number']} logged no checkpoint (tracking.checkpoints is 'none'?)"
+        )
+    spec = spec_of_study(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracking.download_checkpoint(record["tracking_uri"], record["mlflow_run_id"], tmp)
+        loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
+    return {"test_accuracy": acc, "test_loss": loss}
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Where best.pt and final.pt go (default: studies/<study>/train/).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri).")
+def train(config, device, output, tracking_uri):
+    """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
+    from hpsearch.retrain import pick_device, train_config
+
+    spec = _load_spec(config, tracking_uri=tracking_uri)
+    out = Path(output) if output else Path("studies") / spec.study.name / "train"
+
+    def show(m: dict) -> None:
+        click.echo(
+            f"epoch {m['epoch']}/{m['epochs']}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_accuracy {m['val_accuracy']:.4f}  {m['images_per_second']:,.0f} img/s"
+        )
+
+    result = train_config(spec, pick_device(device), out, on_epoch=show)
+    click.echo(f"best epoch {result.best_epoch}: {spec.study.metric} {result.best_value:.4f}")
+    click.echo(f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})")
+    click.echo(f"weights: {result.best_path} (best), {result.final_path} (final); mlflow run {result.run_id}")
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
+@click.option("--tracking-uri", default=None, help="Backend store (default: sqlite:///mlruns/mlflow.db).")
+def ui(port, host, tracking_uri):
+    """Start the MLflow UI on this folder's tracking store."""
+    from hpsearch.tracking import DEFAULT_TRACKING_URI, prepare_local_store
+
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    prepare_local_store(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it", err=True)
+    os.execvp(cmd[0], cmd)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every domain error becomes one line on stderr with its exit code, never a traceback."""
+    SpecError = _spec_error_type()
+    try:
+        rv = cli.main(args=argv, prog_name="hpsearch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
+        click.echo(f"error: {where}{exc.format_message()}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (SpecError, UsageError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except RunFailure as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug or an environment problem: still one line, the details on request
+        if os.environ.get("HPSEARCH_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"error: {type(exc).__name__}: {first} (set HPSEARCH_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,480 @@
+"""Datasets for the trainer: splits kept on the device as uint8, batches augmented there.
+
+airbench style: the whole dataset lives on the device as one uint8 NCHW tensor, and a batch's
+random crop and flip are one gather on the device, so nothing on the training path waits for the
+CPU. Image folders too large for that are decoded by DataLoader workers instead, behind the same
+`batches()` interface. Torch-only on purpose: this module runs on GPU boxes that lack the rest of
+hpsearch's dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpsearch.params import AUGMENTS, DATASETS
+
+PAD = 4  # random-crop padding, the CIFAR standard
+NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagefolder": 64}
+IN_MEMORY_MODES = ("auto", "true", "false")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+CPU_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 images `in_memory: auto` keeps in host memory
+CUDA_MEMORY_SHARE = 0.25  # ... and the share of free device memory it may take on CUDA
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0  # fixed: the digits test split must not move with split_seed
+
+
+class DatasetNotFound(Exception):
+    """The dataset's files are not where the config says; the message says where and how to get them."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    root: str = "data"
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    download: bool = False
+    augment: str = "standard"
+    num_classes: int = 10
+    samples: int = 512
+    in_memory: str = "auto"
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {', '.join(DATASETS)}, got {self.name!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.image_size is not None and self.image_size < PAD + 1:
+            raise ValueError(f"data.image_size must be > {PAD}, got {self.image_size!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.in_memory not in IN_MEMORY_MODES:
+            raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_MODES)}, got {self.in_memory!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"data.num_classes must be >= 1, got {self.num_classes!r}")
+        if self.samples < 2:
+            raise ValueError(f"data.samples must be >= 2, got {self.samples!r}")
+
+
+# --------------------------------------------------------------------------- batch pipeline
+
+
+class _Pipeline:
+    """uint8 NCHW batch on the device → (optionally crop+flip) → float, normalised, resized."""
+
+    def __init__(self, device: torch.device, mean, std, image_size: int, augment: bool):
+        self.device = device
+        self.image_size = image_size
+        self.augment = augment
+        # Normalising uint8 directly: (x/255 - mean)/std == (x - 255·mean) / (255·std).
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+
+    def __call__(self, x: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
+        if augment and self.augment:
+            x = crop_flip(x, *self._draw(len(x), generator))
+        x = (x.float() - self.mean) * self.inv_std
+        size = self.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=size < x.shape[-1])
+        return x.contiguous()
+
+    def _draw(self, n: int, generator: torch.Generator | None):
+        """Per-image crop offsets in [0, 2·PAD] and flip flags, drawn from `generator`."""
+        where = generator.device if generator is not None else self.device
+        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=where)
+        flips = torch.randint(0, 2, (n,), generator=generator, device=where).bool()
+        return offsets.to(self.device), flips.to(self.device)
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Random crop of a PAD-reflect-padded image back to its own size, then horizontal flip.
+
+    One gather over the batch instead of padding it: output pixel (i, j) of image b reads source
+    row i + offsets[b, 0] - PAD and column j + offsets[b, 1] - PAD, reflected at the border
+    (as `F.pad(mode="reflect")` would), with the columns reversed where flips[b].
+    """
+    n, _, h, w = x.shape
+    rows = _reflect(torch.arange(h, device=x.device) + offsets[:, :1] - PAD, h)  # (n, h)
+    cols = _reflect(torch.arange(w, device=x.device) + offsets[:, 1:] - PAD, w)  # (n, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    b = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indices around a slice put the indexed dims first: (n, h, w, c) → view as NCHW.
+    return x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i).clamp_(0, n - 1)
+
+
+def _permutation(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    where = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=where).to(device)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+class TensorSplit:
+    """A split held as one uint8 NCHW tensor: on the device, or in host memory when in_memory is false."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pipeline: _Pipeline):
+        self.images = images
+        self.labels = labels
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                drop_last: bool = False, generator: torch.Generator | None = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x float32 normalised NCHW, y int64), both on the device.
+
+        drop_last keeps every batch the same shape (CUDA graphs need that); a split smaller than
+        one batch gives one batch of the whole split rather than none.
+        """
+        n = len(self)
+        batch_size = min(batch_size, n)
+        order = _permutation(n, generator, self.images.device) if shuffle else None
+        stop = n - n % batch_size if drop_last else n
+        device = self.pipeline.device
+        for start in range(0, stop, batch_size):
+            idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            x = self.images[idx].to(device, non_blocking=True)
+            y = self.labels[idx].to(device, non_blocking=True)
+            yield self.pipeline(x, augment, generator), y
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes image files to uint8 CHW tensors of one square size (shorter side fit, centre crop)."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, size: int):
+        self.paths = paths
+        self.labels = labels
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image, ImageOps
+
+        with Image.open(self.paths[i]) as im:
+            im = ImageOps.fit(im.convert("RGB"), (self.size, self.size), Image.BILINEAR)
+            array = np.array(im)
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.labels[i]
+
+
+def _loader_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+class FileSplit:
+    """A split streamed from image files through DataLoader workers; augmentation still on the device."""
+
+    def __init__(self, files: _ImageFiles, pipeline: _Pipeline):
+        self.files = files
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                drop_last: bool = False, generator: torch.Generator | None = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self)
+        batch_size = min(batch_size, n)
+        sampler = None
+        if shuffle:
+            # The sampler needs a CPU generator: seed one from the caller's, so its seed still decides.
+            seed_from = generator if generator is not None else torch.default_generator
+            seed = int(torch.randint(2**62, (1,), generator=seed_from, device=seed_from.device))
+            sampler = torch.utils.data.RandomSampler(self.files, generator=torch.Generator().manual_seed(seed))
+        device = self.pipeline.device
+        loader = torch.utils.data.DataLoader(
+            self.files, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            num_workers=_loader_workers(), pin_memory=device.type == "cuda")
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            yield self.pipeline(x, augment, generator), y.to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+@dataclass
+class _Part:
+    """One part of a dataset as read from disk: uint8 images in host memory, or image files."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    paths: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: torch.Tensor) -> "_Part":
+        if self.images is not None:
+            return _Part(self.labels[idx], images=self.images[idx])
+        return _Part(self.labels[idx], paths=[self.paths[i] for i in idx.tolist()])
+
+
+_CIFAR = {
+    "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    expect="data_batch_1..5 and test_batch", label_key=b"labels",
+                    meta="batches.meta", names_key=b"label_names", classes=10, torchvision="CIFAR10"),
+    "cifar100": dict(title="CIFAR-100", folder="cifar-100-python", train=["train"], test=["test"],
+                     expect="train and test", label_key=b"fine_labels",
+                     meta="meta", names_key=b"fine_label_names", classes=100, torchvision="CIFAR100"),
+}
+
+
+def _read_cifar(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
+    spec = _CIFAR[cfg.name]
+    folder = Path(cfg.root) / spec["folder"]
+    expected = f"{spec['title']} not found: expected {folder}/{spec['expect']}"
+    if not all((folder / f).is_file() for f in spec["train"] + spec["test"]):
+        if not cfg.download:
+            raise DatasetNotFound(f"{expected}; set task.data.download: true to download it")
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, spec["torchvision"])(cfg.root, train=True, download=True)
+        except Exception as e:  # any network or archive failure: say where the files go instead
+            raise DatasetNotFound(f"{expected}; downloading it failed ({e}); place the files there by hand") from e
+
+    def read(files: list[str]) -> _Part:
+        images, labels = [], []
+        for name in files:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
+        return _Part(torch.from_numpy(np.concatenate(labels)), images=torch.from_numpy(np.concatenate(images)))
+
+    meta = folder / spec["meta"]
+    if meta.is_file():
+        with open(meta, "rb") as f:
+            classes = [n.decode() for n in pickle.load(f, encoding="bytes")[spec["names_key"]]]
+    else:
+        classes = [str(i) for i in range(spec["classes"])]
+    return read(spec["train"]), read(spec["test"]), classes
+
+
+def _read_digits(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    size = cfg.image_size or NATIVE_SIZES["digits"]
+    grey = torch.from_numpy(digits.images).float().unsqueeze(1) * (255 / 16)  # 16 grey levels → 0..255
+    grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
+    images = grey.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    whole = _Part(torch.from_numpy(digits.target).long(), images=images)
+    train_idx, test_idx = _carve(whole.labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    return whole.take(train_idx), whole.take(test_idx), [str(i) for i in range(10)]
+
+
+def _read_fake(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
+    """Random images and labels, the same for every run (fixed seed): for timing and plumbing, not learning."""
+    size = cfg.image_size or NATIVE_SIZES["fake"]
+    g = torch.Generator().manual_seed(0)
+
+    def make(n: int) -> _Part:
+        images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        return _Part(torch.randint(0, cfg.num_classes, (n,), generator=g), images=images)
+
+    return make(cfg.samples), make(max(1, cfg.samples // 4)), [str(i) for i in range(cfg.num_classes)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+
+
+def _scan_imagefolder(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
+    root = Path(cfg.root)
+    missing = DatasetNotFound(
+        f"image folder not found: expected {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg (or test/), "
+        f"or Tiny ImageNet as it ships ({root}/wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+        f"val/val_annotations.txt); imagefolder datasets are never downloaded: put the files there")
+
+    def part(files: list[tuple[Path, int]]) -> _Part:
+        if not files:
+            raise missing
+        return _Part(torch.tensor([label for _, label in files], dtype=torch.long),
+                     paths=[str(path) for path, _ in files])
+
+    if (root / "wnids.txt").is_file():  # Tiny ImageNet
+        classes = [w.strip() for w in (root / "wnids.txt").read_text().splitlines() if w.strip()]
+        index = {w: i for i, w in enumerate(classes)}
+        train = [(p, i) for w, i in index.items() for p in _image_files(root / "train" / w / "images")]
+        annotations = root / "val" / "val_annotations.txt"
+        if not annotations.is_file():
+            raise missing
+        test = []
+        for line in annotations.read_text().splitlines():
+            if line.strip():
+                filename, wnid = line.split("\t")[:2]
+                if wnid not in index:
+                    raise ValueError(f"{annotations}: class {wnid!r} of {filename} is not in {root / 'wnids.txt'}")
+                test.append((root / "val" / "images" / filename, index[wnid]))
+        return part(train), part(test), classes
+
+    if not (root / "train").is_dir():
+        raise missing
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+    if not test_dir.is_dir():
+        raise missing
+    train = [(p, i) for c, i in index.items() for p in _image_files(root / "train" / c)]
+    test = []
+    for d in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+        if d.name not in index:
+            raise ValueError(f"{test_dir} has class folder {d.name!r} that {root / 'train'} lacks")
+        test += [(p, index[d.name]) for p in _image_files(d)]
+    return part(train), part(test), classes
+
+
+_READERS = {"cifar10": _read_cifar, "cifar100": _read_cifar, "digits": _read_digits,
+            "fake": _read_fake, "imagefolder": _scan_imagefolder}
+
+
+def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (rest, held-out ≈ fraction), stratified by label, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    held, rest = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    held, rest = torch.cat(held), torch.cat(rest)
+    if len(held) == 0:  # tiny datasets: every class rounded down to nothing, still hold out one example
+        held, rest = rest[:1], rest[1:]
+    return rest.sort().values, held.sort().values
+
+
+def _decode_all(part: _Part, size: int) -> _Part:
+    """Decode image files into one uint8 tensor, in parallel worker processes when there are many."""
+    files = _ImageFiles(part.paths, part.labels, size)
+    workers = _loader_workers() if len(files) >= 2000 else 0
+    loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers)
+    return _Part(part.labels, images=torch.cat([x for x, _ in loader]))
+
+
+def _keep_in_memory(cfg: DataConfig, n_images: int, size: int, device: torch.device) -> bool:
+    if cfg.in_memory != "auto":
+        return cfg.in_memory == "true"
+    nbytes = n_images * 3 * size * size
+    if device.type == "cuda":
+        return nbytes < CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
+    return nbytes < CPU_MEMORY_LIMIT
+
+
+# --------------------------------------------------------------------------- loading and caching
+
+
+@dataclass(eq=False)
+class TaskData:
+    config: DataConfig
+    classes: list[str]
+    image_size: int
+    train: TensorSplit | FileSplit
+    val: TensorSplit | FileSplit
+    test: TensorSplit | FileSplit
+    in_memory: bool  # True: uint8 tensors held in memory; False: streamed from files
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(eq=False)
+class _Stored:
+    """A dataset read, carved and placed, shared by every TaskData of the same (config, device)."""
+
+    classes: list[str]
+    image_size: int
+    parts: dict[str, _Part]  # train / val / test, images already on their storage device
+    in_memory: bool
+
+
+_STORED: dict[tuple, _Stored] = {}
+_TASKS: dict[tuple, TaskData] = {}
+
+
+def _canonical(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _store(cfg: DataConfig, device: torch.device) -> _Stored:
+    train, test, classes = _READERS[cfg.name](cfg)
+    size = cfg.image_size or NATIVE_SIZES[cfg.name]
+    in_memory = True
+    if train.images is None:  # image files
+        in_memory = _keep_in_memory(cfg, len(train) + len(test), size, device)
+        if in_memory:
+            train, test = _decode_all(train, size), _decode_all(test, size)
+    train_idx, val_idx = _carve(train.labels, cfg.val_fraction, cfg.split_seed)
+    parts = {"train": train.take(train_idx), "val": train.take(val_idx), "test": test}
+    # Arrays live on the device unless in_memory: false keeps them in (pinned) host memory.
+    storage = torch.device("cpu") if cfg.in_memory == "false" else device
+    for p in parts.values():
+        if p.images is not None:
+            p.images = p.images.to(storage)
+            p.labels = p.labels.to(storage)
+            if storage.type == "cpu" and device.type == "cuda":
+                p.images, p.labels = p.images.pin_memory(), p.labels.pin_memory()
+    return _Stored(classes, size, parts, in_memory)
+
+
+def load_data(cfg: DataConfig, device: torch.device | str, mean: tuple[float, float, float],
+              std: tuple[float, float, float]) -> TaskData:
+    """The dataset of `cfg` on `device`, normalised with mean/std.
+
+    Cached for the process: a worker runs trial after trial, and the same call returns the same
+    object without reading anything again. Different mean/std share one copy of the images.
+    """
+    device = _canonical(device)
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    key = (cfg, str(device), mean, std)
+    if key in _TASKS:
+        return _TASKS[key]
+    stored_key = (cfg, str(device))
+    if stored_key not in _STORED:
+        _STORED[stored_key] = _store(cfg, device)
+    stored = _STORED[stored_key]
+    pipeline = _Pipeline(device, mean, std, stored.image_size, augment=cfg.augment == "standard")
+
+    def split(part: _Part) -> TensorSplit | FileSplit:
+        if part.images is not None:
+            return TensorSplit(part.images, part.labels, pipeline)
+        return FileSplit(_ImageFiles(part.paths, part.labels, stored.image_size), pipeline)
+
+    task = TaskData(cfg, stored.classes, stored.image_size, *(split(stored.parts[k]) for k in ("train", "val", "test")),
+                    in_memory=stored.in_memory)
+    _TASKS[key] = task
+    return task
+
+
+def clear_data_cache() -> None:
+    """Forget every loaded dataset, so its memory (device memory included) can be freed."""
+    _TASKS.clear()
+    _STORED.clear()

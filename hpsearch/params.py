@@ -1,0 +1,114 @@
+"""The trainer's vocabulary: every hyperparameter it understands, with defaults and allowed values.
+
+Torch-free on purpose: the spec validates against it without importing torch, and the trainer
+(data/models/train, which need torch alone) reads its defaults from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("cosine", "step", "multistep", "exponential", "onecycle", "plateau", "none")
+FREEZE_MODES = ("none", "backbone")
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "fake")
+AUGMENTS = ("standard", "none")
+# What one epoch of the trainer reports; `study.metric` must be one of the first three.
+METRICS = ("val_accuracy", "val_loss", "train_loss")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second")
+DIRECTIONS = ("maximize", "minimize")
+CHECKPOINT_POLICIES = ("complete", "all", "none")
+CUDA_GRAPH_MODES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class HParams:
+    """One trial's complete set of training hyperparameters (searched and fixed merged)."""
+
+    lr: float = 0.01
+    batch_size: int = 128
+    epochs: int = 10
+    dropout: float | None = None  # None keeps the model's own dropout (or none)
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    step_size: int | None = None  # step: epochs between decays; None → max(1, epochs // 3)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    freeze: str = "none"
+    patience: int | None = None  # early stopping inside a trial; None → off
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "HParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+HYPERPARAMETERS = tuple(f.name for f in fields(HParams))
+
+# Settings of the `train:` block that are not hyperparameters (never searched).
+TRAIN_SETTINGS = {"cuda_graphs": "auto", "amp": "auto", "channels_last": "auto"}
+
+# The allowed values of a categorical hyperparameter, and its value type.
+HPARAM_TYPES: dict[str, type] = {
+    "lr": float,
+    "batch_size": int,
+    "epochs": int,
+    "dropout": float,
+    "optimizer": str,
+    "momentum": float,
+    "nesterov": bool,
+    "weight_decay": float,
+    "scheduler": str,
+    "warmup_epochs": int,
+    "step_size": int,
+    "gamma": float,
+    "label_smoothing": float,
+    "freeze": str,
+    "patience": int,
+}
+HPARAM_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "freeze": FREEZE_MODES,
+}
+
+
+def check_hparam_value(name: str, value: Any) -> str | None:
+    """Return why `value` is not a valid value of hyperparameter `name`, or None when it is."""
+    kind = HPARAM_TYPES[name]
+    if name in HPARAM_CHOICES:
+        if value not in HPARAM_CHOICES[name]:
+            return f"must be one of {', '.join(HPARAM_CHOICES[name])}, got {value!r}"
+        return None
+    if kind is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {value!r}"
+    if kind is int and not float(value).is_integer():
+        return f"must be a whole number, got {value!r}"
+    low_ok = {
+        "lr": (value > 0, "> 0"),
+        "batch_size": (value > 0, "> 0"),
+        "epochs": (value > 0, "> 0"),
+        "dropout": (0 <= value < 1, "in [0, 1)"),
+        "momentum": (0 <= value < 1, "in [0, 1)"),
+        "weight_decay": (value >= 0, ">= 0"),
+        "warmup_epochs": (value >= 0, ">= 0"),
+        "step_size": (value > 0, "> 0"),
+        "gamma": (0 < value <= 1, "in (0, 1]"),
+        "label_smoothing": (0 <= value < 1, "in [0, 1)"),
+        "patience": (value > 0, "> 0"),
+    }
+    ok, rule = low_ok[name]
+    return None if ok else f"must be {rule}, got {value!r}"

@@ -1,0 +1,163 @@
+"""Name → constructor tables for Optuna samplers and pruners.
+
+A spec names a sampler or pruner and passes that class's own keywords. The keywords are checked
+against the installed Optuna's constructor signature (so the list never drifts from the
+library), and simple annotations (`int`, `float | None`, ...) are type-checked, because several
+constructors store a bad value silently and fail only later, mid-search.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from hpsearch.spec import SpecError
+
+if TYPE_CHECKING:
+    from hpsearch.spec import ParamSpec, PrunerSpec, SamplerSpec
+
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "grid": optuna.samplers.GridSampler,
+}
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "patient": optuna.pruners.PatientPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+# Keywords hpsearch fills in itself: grid's values come from the spec's search_space, and
+# patient's wrapped_pruner is a nested pruner spec that spec.py parses.
+_DERIVED = {("sampler", "grid", "search_space"): "taken from search_space; remove it here"}
+_NESTED = {("pruner", "patient", "wrapped_pruner")}
+# Samplers whose backing package Optuna imports only when the first trial samples.
+_NEEDS_PACKAGE = {"cmaes": "cmaes"}
+# Annotations naming Python objects (callables, sampler instances, trials) that YAML cannot express.
+_NOT_FROM_YAML = ("Callable", "BaseSampler", "FrozenTrial")
+_SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
+
+
+def _table(kind: str) -> dict[str, type]:
+    return SAMPLERS if kind == "sampler" else PRUNERS
+
+
+def _annotation(param: inspect.Parameter) -> str:
+    ann = param.annotation
+    if ann is inspect.Parameter.empty:
+        return ""
+    return ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """Why `value` does not fit a simple annotation like 'int | None', or None (also for complex ones)."""
+    parts = [p.strip() for p in annotation.split("|")]
+    if not all(p in _SIMPLE_TYPES for p in parts):
+        return None  # e.g. dict[str, Any]: left to the constructor
+    fits = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "None": value is None,
+    }
+    if any(fits[p] for p in parts):
+        return None
+    return f"must be {' or '.join(_SIMPLE_TYPES[p] for p in parts)}, got {value!r}"
+
+
+def keywords(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """The keywords a spec may set for this sampler/pruner (derived and Python-object ones excluded)."""
+    params = inspect.signature(_table(kind)[name]).parameters
+    return {
+        key: p
+        for key, p in params.items()
+        if (kind, name, key) not in _DERIVED
+        and ((kind, name, key) in _NESTED or not any(t in _annotation(p) for t in _NOT_FROM_YAML))
+    }
+
+
+def check_kwargs(kind: str, name: str, kwargs: dict[str, Any], path: str) -> None:
+    """Refuse keywords the `kind` ('sampler' or 'pruner') `name` does not take, values of the wrong type,
+    and missing required ones; `path` is where the keywords sit in the file (e.g. 'study.sampler')."""
+    allowed = keywords(kind, name)
+    for key, value in kwargs.items():
+        at = f"{path}.{key}"
+        if (kind, name, key) in _DERIVED:
+            raise SpecError(at, _DERIVED[(kind, name, key)])
+        if key not in allowed:
+            all_params = inspect.signature(_table(kind)[name]).parameters
+            if key in all_params:
+                raise SpecError(at, "takes a Python object; it cannot be set from a spec file")
+            valid = ", ".join(allowed) or "none"
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the {name} {kind} takes: {valid}"
+            raise SpecError(at, f"unknown key {key!r} ({hint})")
+        if (kind, name, key) not in _NESTED:
+            problem = _type_problem(_annotation(allowed[key]), value)
+            if problem:
+                raise SpecError(at, problem)
+    for key, p in allowed.items():
+        if p.default is inspect.Parameter.empty and key not in kwargs and (kind, name, key) not in _NESTED:
+            raise SpecError(f"{path}.{key}", f"required by the {name} {kind}")
+    if kind == "pruner" and name == "threshold" and kwargs.get("lower") is None and kwargs.get("upper") is None:
+        raise SpecError(path, "the threshold pruner needs lower, upper or both")
+    if kind == "sampler" and name in _NEEDS_PACKAGE and importlib.util.find_spec(_NEEDS_PACKAGE[name]) is None:
+        package = _NEEDS_PACKAGE[name]
+        raise SpecError(f"{path}.name", f"the {name} sampler needs the {package!r} package: pip install {package}")
+
+
+def grid_search_space(search_space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
+    """Every value GridSampler should try per parameter; a float range needs a step to be finite."""
+    grid: dict[str, list[Any]] = {}
+    for name, p in search_space.items():
+        if p.type == "categorical":
+            grid[name] = list(p.choices)
+        elif p.type == "int":
+            grid[name] = list(range(p.low, p.high + 1, p.step or 1))
+        elif p.step is not None:
+            # Decimal steps keep 0.1 + 0.2 from landing just off Optuna's own grid.
+            low, step = Decimal(str(p.low)), Decimal(str(p.step))
+            count = int((Decimal(str(p.high)) - low) / step)
+            grid[name] = [float(low + i * step) for i in range(count + 1)]
+        else:
+            raise SpecError(
+                "study.sampler",
+                f"the grid sampler needs a finite set of values, but search_space.{name} is a continuous "
+                "float range: give it a step or make it categorical",
+            )
+    return grid
+
+
+def build_sampler(
+    sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec], seed_offset: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The sampler a spec names. `seed_offset` is added to the seed so that parallel workers, which all
+    build the same sampler, don't draw identical first samples."""
+    kwargs = dict(sampler_spec.kwargs)
+    if kwargs.get("seed") is not None:
+        kwargs["seed"] = (kwargs["seed"] + seed_offset) % 2**32  # numpy seeds live in [0, 2**32)
+    if sampler_spec.name == "grid":
+        kwargs["search_space"] = grid_search_space(search_space)
+    return SAMPLERS[sampler_spec.name](**kwargs)
+
+
+def build_pruner(pruner_spec: PrunerSpec) -> optuna.pruners.BasePruner:
+    kwargs = dict(pruner_spec.kwargs)
+    if pruner_spec.name == "patient":
+        wrapped = kwargs["wrapped_pruner"]
+        # PatientPruner(None) prunes on stagnation alone; wrapping a NopPruner would never prune.
+        kwargs["wrapped_pruner"] = None if wrapped.name == "none" else build_pruner(wrapped)
+    return PRUNERS[pruner_spec.name](**kwargs)

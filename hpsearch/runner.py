@@ -1,0 +1,97 @@
+"""`hpsearch run`: create or resume the study, repair what a dead run left, run the budget, close up."""
+
+from __future__ import annotations
+
+import click
+from optuna.trial import TrialState
+
+from hpsearch import study as study_mod
+from hpsearch import tracking
+from hpsearch.live import LiveView
+from hpsearch.registry import build_pruner, build_sampler
+from hpsearch.spec import Spec
+from hpsearch.workers import Orchestrator, RunSummary, plan_slots
+
+
+def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
+    storage_url = spec.study.storage
+    study, resumed = study_mod.create_or_resume(
+        spec, build_sampler(spec.study.sampler, spec.search_space), build_pruner(spec.study.pruner), storage_url
+    )
+    study.set_user_attr("hpsearch.tracking_uri", spec.tracking.uri)
+
+    # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
+    # fail what is still open, then retry each once with the same parameters.
+    reaped = study_mod.reap_orphans(study)
+    for t in reaped:
+        run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
+        if run_id:
+            tracking.close_killed_run(spec.tracking.uri, run_id, "its worker process was gone")
+    retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
+
+    counts = study_mod.count_states(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    n = spec.study.n_trials
+    where = study_mod.storage_label(storage_url)
+    if resumed:
+        click.echo(
+            f"resuming study {spec.study.name!r} ({where}): {finished}/{n} finished, "
+            f"{counts[TrialState.FAIL]} failed" + (f"; reaped {len(reaped)} orphaned trial(s)" if reaped else "")
+            + (f"; retrying trial(s) {', '.join(map(str, retried))}" if retried else "")
+        )
+    else:
+        click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
+
+    study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+    parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
+    study_mod.remember_last_run(
+        study_mod.LastRun(spec.study.name, storage_url, spec.tracking.uri, spec.source)
+    )
+
+    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)
+    live = LiveView(spec.study.metric, spec.study.direction, n)
+    if interactive is not None:
+        live.interactive = interactive
+    best_value = best_trial = None
+    if counts[TrialState.COMPLETE]:
+        best_value, best_trial = study.best_trial.value, study.best_trial.number
+    if finished < n:
+        click.echo(
+            f"running {n - finished} more trial(s) on {len(slots)} slot(s): "
+            + ", ".join(sorted({s.label for s in slots}))
+            + f"; MLflow: {spec.tracking.uri} (experiment {spec.tracking.experiment!r})"
+        )
+    live.start({s.name: c for s, c in counts.items()}, best_value, best_trial)
+    orchestrator = Orchestrator(
+        spec, study, slots, storage_url, spec.tracking.uri, study_tracker.experiment_id, parent_run_id, live
+    )
+    try:
+        summary = orchestrator.run(spec.study.timeout)
+    finally:
+        live.close()
+        best = {}
+        if study_mod.count_states(study)[TrialState.COMPLETE]:
+            best = {f"best_{spec.study.metric}": study.best_trial.value}
+        study_tracker.close_parent(parent_run_id, best)
+
+    tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})" if summary.best_trial is not None else ""
+    click.echo(
+        f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
+        f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
+        + ("; stopped by --timeout" if summary.timed_out else "")
+    )
+    return summary
+
+
+def _parent_params(spec: Spec) -> dict:
+    return {
+        "model": spec.task.model.name,
+        "weights": spec.task.model.weights,
+        "dataset": spec.task.data.name,
+        "metric": spec.study.metric,
+        "direction": spec.study.direction,
+        "n_trials": spec.study.n_trials,
+        "sampler": spec.study.sampler.name,
+        "pruner": spec.study.pruner.name,
+        "search_space": ",".join(spec.search_space),
+    }

@@ -1,0 +1,204 @@
+"""The Optuna side: storage, create or resume a study, budget counting, and reaping orphaned trials.
+
+The embedded default is one Optuna journal file under `studies/` (safe for several local processes,
+readable by `optuna trials --storage studies/journal.log`); `--storage URL` selects any Optuna RDB URL
+(PostgreSQL for several machines) or `redis://` journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.errors import UsageError
+
+STUDIES_DIR = Path("studies")
+DEFAULT_STORAGE = str(STUDIES_DIR / "journal.log")
+LAST_RUN_FILE = STUDIES_DIR / ".last_run.json"
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# User attributes hpsearch keeps on each Optuna trial.
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_HOST = "hpsearch.host"
+ATTR_OWNER_PID = "hpsearch.owner_pid"
+ATTR_WORKER_PID = "hpsearch.worker_pid"
+ATTR_OWNER_START = "hpsearch.owner_started"
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_RETRY_OF = "hpsearch.retry_of"
+ATTR_RETRIED = "hpsearch.retried"
+
+
+def open_storage(url: str | None) -> BaseStorage:
+    """An Optuna storage for a URL, a journal file path, or None (the embedded default)."""
+    url = url or DEFAULT_STORAGE
+    if url.startswith("redis://") or url.startswith("rediss://"):
+        from optuna.storages.journal import JournalRedisBackend
+
+        return optuna.storages.JournalStorage(JournalRedisBackend(url))
+    if "://" in url:
+        # Pool pre-ping keeps long searches alive across database restarts.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    # The open(O_EXCL) lock works on every filesystem, NFS included, unlike symlinks on some mounts.
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def storage_label(url: str | None) -> str:
+    return url or DEFAULT_STORAGE
+
+
+def load_existing_study(name: str, storage_url: str | None, sampler=None, pruner=None) -> optuna.Study:
+    storage = open_storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        hint = f"; studies there: {', '.join(sorted(names))}" if names else "; it holds no study yet"
+        raise UsageError(f"--study: no study named {name!r} in {storage_label(storage_url)}{hint}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def create_or_resume(spec, sampler, pruner, storage_url: str | None) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists (resume). Returns (study, resumed)."""
+    storage = open_storage(storage_url)
+    direction = spec.study.direction
+    try:
+        study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+        resumed = True
+    except KeyError:
+        study = optuna.create_study(
+            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner, direction=direction
+        )
+        resumed = False
+    if study.direction.name.lower() != direction:
+        raise UsageError(
+            f"study.direction: study {spec.study.name!r} already exists with direction "
+            f"{study.direction.name.lower()}, the file says {direction}"
+        )
+    # Record what made the study, so `status`/`best`/export can rebuild it without the file.
+    study.set_user_attr("hpsearch.space_file", spec.source)
+    study.set_user_attr("hpsearch.spec", spec.to_dict())
+    study.set_user_attr("hpsearch.metric", spec.study.metric)
+    return study, resumed
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+def finished_count(study: optuna.Study) -> int:
+    counts = count_states(study)
+    return sum(counts[s] for s in FINISHED)
+
+
+# ---- ownership: who is running a trial, so a later run can reap what a dead process left RUNNING ----
+
+
+def process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def owner_attrs() -> dict[str, Any]:
+    pid = os.getpid()
+    return {ATTR_HOST: socket.gethostname(), ATTR_OWNER_PID: pid, ATTR_OWNER_START: process_start_time(pid)}
+
+
+def owner_is_alive(trial: FrozenTrial) -> bool | None:
+    """True/False for a trial owned on this host; None when it is owned elsewhere (we cannot tell)."""
+    attrs = trial.user_attrs
+    if attrs.get(ATTR_HOST) != socket.gethostname():
+        return None if ATTR_HOST in attrs else False
+    pid = attrs.get(ATTR_OWNER_PID)
+    if not isinstance(pid, int):
+        return False
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    recorded = attrs.get(ATTR_OWNER_START)
+    # A recycled pid belongs to a process that started later than the recorded owner.
+    return recorded is None or abs(started - recorded) < 1.0
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, kind: str) -> None:
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, ATTR_FAIL_REASON, reason)
+    storage.set_trial_user_attr(trial._trial_id, "hpsearch.fail_kind", kind)
+    try:
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError):
+        pass  # someone finished it meanwhile
+
+
+def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL every RUNNING trial whose owning process on this host is gone; returns them."""
+    reaped = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_is_alive(t) is False:
+            fail_trial(study, t, "its worker process was gone (found at start of a later run)", "reaped")
+            reaped.append(t)
+    return reaped
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Enqueue a single retry of a failed trial with the same parameters; a retry is never retried again."""
+    if ATTR_RETRY_OF in trial.user_attrs or trial.user_attrs.get(ATTR_RETRIED):
+        return False
+    study._storage.set_trial_user_attr(trial._trial_id, ATTR_RETRIED, True)
+    study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial.number}, skip_if_exists=False)
+    return True
+
+
+def retry_candidates(study: optuna.Study) -> list[FrozenTrial]:
+    """FAIL trials that died for reasons outside the trial itself (killed, reaped, interrupted), not yet retried."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        kind = t.user_attrs.get("hpsearch.fail_kind")
+        if kind in ("killed", "reaped", "interrupted") and not t.user_attrs.get(ATTR_RETRIED):
+            if ATTR_RETRY_OF not in t.user_attrs:
+                out.append(t)
+    return out
+
+
+# ---- the study most recently run from this folder ----
+
+
+@dataclass
+class LastRun:
+    study_name: str
+    storage: str | None
+    tracking_uri: str
+    space_file: str | None
+
+
+def remember_last_run(last: LastRun) -> None:
+    STUDIES_DIR.mkdir(exist_ok=True)
+    tmp = LAST_RUN_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(last.__dict__ | {"time": time.time()}, indent=2))
+    tmp.replace(LAST_RUN_FILE)
+
+
+def last_run() -> LastRun | None:
+    try:
+        data = json.loads(LAST_RUN_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    return LastRun(data["study_name"], data.get("storage"), data["tracking_uri"], data.get("space_file"))

@@ -1,0 +1,197 @@
+"""The MLflow side: one experiment per study, one parent run per study, one child run per trial.
+
+A trial's child run is opened when the trial starts, so pruned and failed trials keep their curves.
+Per-epoch metrics go out as one asynchronous `log_batch` per epoch, so logging never waits on the
+database inside the training loop; `finish()` drains them before the run is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "model.pt"
+
+TAG_ROLE = "hpsearch.role"
+TAG_STATE = "hpsearch.state"
+TAG_FAIL_REASON = "hpsearch.fail_reason"
+TAG_STUDY = "optuna.study_name"
+TAG_TRIAL = "optuna.trial_number"
+TAG_PARENT = "mlflow.parentRunId"
+
+# Optuna trial state → MLflow run status.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+def prepare_local_store(uri: str) -> None:
+    """The SQLite file's folder must exist before MLflow opens it."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def client_for(uri: str) -> MlflowClient:
+    prepare_local_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    # MLflow params are strings; None becomes "None" so every hyperparameter is visible in the UI.
+    return [Param(k, str(v)) for k, v in values.items()]
+
+
+class StudyTracker:
+    """The study-level records: the experiment and the parent run (reused when a study resumes)."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = client_for(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment)
+        else:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            self.experiment_id = found.experiment_id
+
+    def parent_run(self, study_name: str, params: Mapping[str, Any]) -> str:
+        """The study's parent run id, created the first time, reopened on resume."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{study_name}'",
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=study_name,
+            tags={TAG_ROLE: "study", TAG_STUDY: study_name},
+        )
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def close_parent(self, run_id: str, best: Mapping[str, Any] | None) -> None:
+        if best:
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in best.items()],
+            )
+        self.client.set_terminated(run_id, "FINISHED")
+
+
+class TrialRun:
+    """One trial's child run. Create with `start`, then `log_epoch` per epoch and `finish` exactly once."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self._pending: list = []
+        self.finished = False
+
+    @classmethod
+    def start(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str | None,
+        study_name: str,
+        trial_number: int,
+        params: Mapping[str, Any],
+        run_name: str | None = None,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> "TrialRun":
+        tags = {
+            TAG_STUDY: study_name,
+            TAG_TRIAL: str(trial_number),
+            TAG_ROLE: "trial",
+            TAG_STATE: "RUNNING",
+            **(extra_tags or {}),
+        }
+        if parent_run_id:
+            tags[TAG_PARENT] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name or f"trial-{trial_number}", tags=tags)
+        self = cls(client, run.info.run_id)
+        client.log_batch(self.run_id, params=_params(params))
+        return self
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        # Asynchronous: the training loop goes on while MLflow writes.
+        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if op is not None:
+            self._pending.append(op)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_checkpoint(self, state_dict: Mapping[str, Any], name: str = CHECKPOINT_FILE) -> None:
+        import torch  # only the worker that trains has weights to save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            torch.save(dict(state_dict), path)
+            self.client.log_artifact(self.run_id, path, artifact_path=CHECKPOINT_DIR)
+
+    def flush(self) -> None:
+        for op in self._pending:
+            try:
+                op.wait()
+            except Exception:
+                pass  # a lost metric point must not turn a finished trial into a failure
+        self._pending.clear()
+
+    def finish(self, state: str, reason: str | None = None, status: str | None = None) -> None:
+        if self.finished:
+            return
+        self.flush()
+        tags = [RunTag(TAG_STATE, state)]
+        if reason:
+            tags.append(RunTag(TAG_FAIL_REASON, reason[:4000]))
+        self.client.log_batch(self.run_id, tags=tags)
+        self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
+        self.finished = True
+
+
+def close_killed_run(uri: str, run_id: str, reason: str) -> None:
+    """Close a run whose worker died: the parent process does this on the worker's behalf."""
+    client = client_for(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        return
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        client.log_batch(run_id, tags=[RunTag(TAG_STATE, "FAIL"), RunTag(TAG_FAIL_REASON, reason[:4000])])
+        client.set_terminated(run_id, "KILLED")
+
+
+def checkpoint_uri(client: MlflowClient, run_id: str) -> str | None:
+    """The URI of a run's best-epoch checkpoint, or None when it logged none."""
+    try:
+        files = client.list_artifacts(run_id, CHECKPOINT_DIR)
+    except Exception:
+        return None
+    if not any(f.path.endswith(CHECKPOINT_FILE) for f in files):
+        return None
+    return f"{client.get_run(run_id).info.artifact_uri}/{CHECKPOINT_DIR}/{CHECKPOINT_FILE}"
+
+
+def download_checkpoint(uri: str, run_id: str, dest: str, name: str = CHECKPOINT_FILE) -> str:
+    from mlflow.artifacts import download_artifacts
+
+    return download_artifacts(
+        run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}", dst_path=dest, tracking_uri=uri
+    )

@@ -1,0 +1,385 @@
+"""Device slots and worker processes: the parent hands out trials, the workers train them.
+
+The parent process owns the budget: it alone calls `study.ask()` (under the storage's own locking),
+so the study ends with exactly `n_trials` finished trials however many workers run. Each worker is a
+spawned process pinned to one device (CUDA_VISIBLE_DEVICES) that stays alive across trials, keeping
+its dataset on the device. Sampling happens in the worker at the first `suggest`, from the same
+sampler settings everywhere (the seed is offset per worker so parallel workers don't draw identical
+first samples). The parent watches the workers: one that dies has its trial failed, its MLflow run
+closed as KILLED, the trial retried once with the same parameters, and is replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import study as study_mod
+from hpsearch import tracking
+from hpsearch.errors import RunFailure
+from hpsearch.live import LiveView
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: int | None  # None: a CPU slot
+    threads: int | None = None  # CPU threads for a CPU slot
+
+    @property
+    def label(self) -> str:
+        return f"cuda:{self.gpu}" if self.gpu is not None else "cpu"
+
+    def env(self) -> dict[str, str]:
+        # A CPU slot hides every GPU so that nothing in it can touch one by accident.
+        env = {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu)}
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+
+def visible_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()  # NVML-based: does not create a CUDA context here
+    except Exception:
+        return 0
+
+
+def plan_slots(devices, trials_per_device: int, gpu_count: int | None = None, cpu_count: int | None = None) -> list[Slot]:
+    """devices: "auto" | "cpu" | a tuple of GPU indices → one Slot per (device, k < trials_per_device)."""
+    if devices == "auto":
+        n = visible_gpu_count() if gpu_count is None else gpu_count
+        gpus: list[int | None] = list(range(n)) if n else [None]
+    elif devices == "cpu":
+        gpus = [None]
+    else:
+        n = visible_gpu_count() if gpu_count is None else gpu_count
+        missing = [g for g in devices if g >= n]
+        if missing:
+            from hpsearch.errors import UsageError
+
+            raise UsageError(f"--devices: GPU {missing[0]} does not exist (this machine sees {n} GPU(s))")
+        gpus = list(devices)
+    cores = cpu_count or os.cpu_count() or 1
+    n_cpu_slots = trials_per_device if None in gpus else 0
+    threads = max(1, cores // n_cpu_slots) if n_cpu_slots else None
+    slots = []
+    for gpu in gpus:
+        for _ in range(trials_per_device):
+            slots.append(Slot(len(slots), gpu, threads if gpu is None else None))
+    return slots
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: str | None, tracking_uri: str,
+                experiment_id: str, parent_run_id: str, incarnation: int, tasks, events) -> None:
+    """Entry point of a worker process: set up once, then train trial after trial until told to stop."""
+    from hpsearch.objective import GUARD, Interrupted, TrialContext, run_trial
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
+    try:
+        import torch
+
+        if slot.threads:
+            torch.set_num_threads(slot.threads)
+        from hpsearch.registry import build_pruner, build_sampler
+        from hpsearch.spec import parse_spec
+
+        spec = parse_spec(spec_dict, source)
+        sampler = build_sampler(spec.study.sampler, spec.search_space, seed_offset=1 + slot.index + 1000 * incarnation)
+        study = optuna.load_study(
+            study_name=spec.study.name,
+            storage=study_mod.open_storage(storage_url),
+            sampler=sampler,
+            pruner=build_pruner(spec.study.pruner),
+        )
+        ctx = TrialContext(
+            spec=spec,
+            study=study,
+            client=tracking.client_for(tracking_uri),
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            device="cpu" if slot.gpu is None else "cuda",
+            on_event=lambda e: events.put((slot.index, e)),
+        )
+        message = _warm_up(spec, ctx.device)
+        if message:
+            events.put((slot.index, {"event": "fatal", "message": message}))
+            return
+        events.put((slot.index, {"event": "ready", "pid": os.getpid()}))
+        while True:
+            trial_id = tasks.get()
+            if trial_id is None:
+                break
+            outcome = run_trial(ctx, trial_id)
+            events.put((slot.index, {"event": "done", "trial": outcome.number, "state": outcome.state}))
+    except Interrupted:
+        pass
+    except KeyboardInterrupt:
+        pass
+
+
+def _warm_up(spec, device: str) -> str | None:
+    """Load the dataset onto the device and check the weights once, before the first trial.
+
+    A missing dataset or weights file would fail every trial the same way: report it once instead.
+    """
+    from hpsearch.data import DatasetNotFound
+    from hpsearch.models import WeightsNotAvailable, build_model
+    from hpsearch.objective import load_task_data
+
+    try:
+        load_task_data(spec, device)
+        if spec.task.model.weights not in ("none", None):
+            build_model(spec.task.model.name, 10, weights=spec.task.model.weights)
+    except (DatasetNotFound, WeightsNotAvailable) as exc:
+        return str(exc)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+@dataclass
+class WorkerHandle:
+    slot: Slot
+    process: Any
+    tasks: Any
+    incarnation: int
+    ready: bool = False
+    trial_id: int | None = None
+    trial_number: int | None = None
+    deaths_before_ready: int = 0
+
+
+@dataclass
+class RunSummary:
+    finished: int
+    complete: int
+    pruned: int
+    failed: int
+    interrupted: bool
+    timed_out: bool
+    seconds: float
+    best_value: float | None = None
+    best_trial: int | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+class Orchestrator:
+    """Runs a study's remaining budget on a set of device slots."""
+
+    POLL_SECONDS = 0.2
+    STOP_GRACE_SECONDS = 15.0
+    MAX_START_FAILURES = 3
+
+    def __init__(self, spec, study: optuna.Study, slots: list[Slot], storage_url: str | None, tracking_uri: str,
+                 experiment_id: str, parent_run_id: str, live: LiveView):
+        self.spec = spec
+        self.study = study
+        self.slots = slots
+        self.storage_url = storage_url
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.live = live
+        self.ctx = mp.get_context("spawn")
+        self.events = self.ctx.Queue()
+        self.workers: dict[int, WorkerHandle] = {}
+        self.stop_requested = False
+        self.hard_stop = False
+        self.fatal: str | None = None
+        self.incarnations = 0
+
+    # ---- signals
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested:
+            self.hard_stop = True
+        self.stop_requested = True
+
+    # ---- workers
+    def _spawn(self, slot: Slot, deaths_before_ready: int = 0) -> WorkerHandle:
+        self.incarnations += 1
+        tasks = self.ctx.Queue()
+        saved = {k: os.environ.get(k) for k in slot.env()}
+        os.environ.update(slot.env())  # a spawned child inherits the environment at start
+        try:
+            proc = self.ctx.Process(
+                target=worker_main,
+                name=f"hpsearch-worker-{slot.index}",
+                args=(slot, self.spec.to_dict(), self.spec.source, self.storage_url, self.tracking_uri,
+                      self.experiment_id, self.parent_run_id, self.incarnations, tasks, self.events),
+                daemon=True,
+            )
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        handle = WorkerHandle(slot, proc, tasks, self.incarnations, deaths_before_ready=deaths_before_ready)
+        self.workers[slot.index] = handle
+        return handle
+
+    def _budget_left(self) -> tuple[bool, bool]:
+        """(done, may_start): done when the budget is met; may_start when one more trial fits it."""
+        counts = study_mod.count_states(self.study)
+        finished = sum(counts[s] for s in study_mod.FINISHED)
+        if finished >= self.spec.study.n_trials:
+            return True, False
+        return False, finished + counts[TrialState.RUNNING] < self.spec.study.n_trials
+
+    def _dispatch(self, handle: WorkerHandle) -> None:
+        trial = self.study.ask()
+        for key, value in study_mod.owner_attrs().items():
+            self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        handle.trial_id, handle.trial_number = trial._trial_id, trial.number
+        handle.tasks.put(trial._trial_id)
+        self.live.assign(handle.slot, trial.number)
+
+    def _fail_orphan(self, handle: WorkerHandle, reason: str, kind: str) -> None:
+        """The worker died with a trial in hand: fail it, close its run, retry it once."""
+        frozen = self.study._storage.get_trial(handle.trial_id)
+        if frozen.state == TrialState.RUNNING:
+            study_mod.fail_trial(self.study, frozen, reason, kind)
+            run_id = frozen.user_attrs.get(study_mod.ATTR_RUN_ID)
+            if run_id:
+                tracking.close_killed_run(self.tracking_uri, run_id, reason)
+            frozen = self.study._storage.get_trial(handle.trial_id)
+            if not self.stop_requested and study_mod.enqueue_retry(self.study, frozen):
+                self.live.message(f"trial {frozen.number} will be retried once with the same parameters")
+            self.live.trial_ended(handle.slot, frozen.number, "FAIL", None, reason)
+        handle.trial_id = handle.trial_number = None
+
+    def _check_dead(self) -> None:
+        for index, handle in list(self.workers.items()):
+            code = handle.process.exitcode
+            if code is None:
+                continue
+            if handle.trial_id is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                reason = f"worker process died ({how}) on {handle.slot.label}"
+                self.live.message(f"slot {index}: {reason} during trial {handle.trial_number}")
+                self._fail_orphan(handle, reason, "killed")
+            del self.workers[index]
+            if self.stop_requested:
+                continue
+            deaths = 0 if handle.ready else handle.deaths_before_ready + 1
+            if deaths >= self.MAX_START_FAILURES:
+                raise RunFailure(
+                    f"the worker for slot {index} ({handle.slot.label}) died {deaths} times before it was ready; "
+                    "see its error above"
+                )
+            self._spawn(handle.slot, deaths)
+
+    def _handle_event(self, index: int, event: dict) -> None:
+        handle = self.workers.get(index)
+        kind = event["event"]
+        if kind == "ready" and handle is not None:
+            handle.ready = True
+        elif kind == "fatal":
+            self.fatal = event["message"]
+            self.stop_requested = True
+        elif kind == "done" and handle is not None and handle.trial_number == event["trial"]:
+            handle.trial_id = handle.trial_number = None
+        if handle is not None:
+            self.live.on_event(handle.slot, event)
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            index, event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self._handle_event(index, event)
+        while True:
+            try:
+                index, event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle_event(index, event)
+
+    def _stop_workers(self) -> None:
+        """Stop every worker: idle ones are told to exit, busy ones get SIGTERM and fail their trial."""
+        for handle in self.workers.values():
+            if handle.trial_id is None:
+                handle.tasks.put(None)
+            elif handle.process.is_alive():
+                os.kill(handle.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.STOP_GRACE_SECONDS
+        while any(h.process.is_alive() for h in self.workers.values()):
+            if self.hard_stop or time.monotonic() > deadline:
+                break
+            self._drain_events(self.POLL_SECONDS)
+        self._drain_events(0.05)
+        for handle in self.workers.values():
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(5)
+            if handle.trial_id is not None:
+                frozen = self.study._storage.get_trial(handle.trial_id)
+                if frozen.state == TrialState.RUNNING:
+                    self._fail_orphan(handle, "interrupted: the run was stopped (Ctrl-C or SIGTERM)", "interrupted")
+        self.workers.clear()
+
+    def run(self, timeout: float | None) -> RunSummary:
+        started = time.monotonic()
+        timed_out = False
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self._on_signal)
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+            while not self.stop_requested:
+                self._check_dead()
+                done, may_start = self._budget_left()
+                busy = [h for h in self.workers.values() if h.trial_id is not None]
+                if done and not busy:
+                    break
+                if timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                    if not busy:
+                        break
+                else:
+                    for handle in self.workers.values():
+                        if handle.ready and handle.trial_id is None and may_start:
+                            self._dispatch(handle)
+                            done, may_start = self._budget_left()
+                self._drain_events(self.POLL_SECONDS)
+                self.live.refresh()
+            interrupted = self.stop_requested and self.fatal is None
+            self._stop_workers()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if self.fatal:
+            raise RunFailure(self.fatal)
+        counts = study_mod.count_states(self.study)
+        summary = RunSummary(
+            finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+            complete=counts[TrialState.COMPLETE],
+            pruned=counts[TrialState.PRUNED],
+            failed=counts[TrialState.FAIL],
+            interrupted=interrupted,
+            timed_out=timed_out,
+            seconds=time.monotonic() - started,
+        )
+        if counts[TrialState.COMPLETE]:
+            best = self.study.best_trial
+            summary.best_value, summary.best_trial = best.value, best.number
+        return summary

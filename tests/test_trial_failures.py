@@ -1,0 +1,103 @@
+"""A failing trial ends as FAIL with its reason in Optuna and MLflow, and the worker goes on."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from hpsearch import objective, tracking
+from hpsearch.objective import TrialContext, run_trial
+from hpsearch.registry import build_pruner, build_sampler
+from hpsearch.spec import load_spec
+from hpsearch.study import create_or_resume
+from hpsearch.train import NonFiniteLoss
+
+
+@pytest.fixture
+def context(write_space, workdir):
+    spec = load_spec(write_space({"train": {"epochs": 1}}))
+    study, _ = create_or_resume(
+        spec, build_sampler(spec.study.sampler, spec.search_space), build_pruner(spec.study.pruner), None
+    )
+    tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+    parent = tracker.parent_run(spec.study.name, {})
+    events = []
+    ctx = TrialContext(spec, study, tracker.client, tracker.experiment_id, parent, "cpu", events.append)
+    return ctx
+
+
+def failing_build(exc):
+    real = objective.build_trainer
+
+    def build(spec, hp, device, seed):
+        trainer, data = real(spec, hp, device, seed)
+
+        def fit(on_epoch=None):
+            raise exc
+
+        trainer.fit = fit
+        return trainer, data
+
+    return build
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (RuntimeError("boom in the data pipeline"), "RuntimeError: boom in the data pipeline"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+         "out of memory: resnet18 at batch_size=128, image_size=16"),
+        (NonFiniteLoss("non-finite training loss (nan) at epoch 1, step 3"),
+         "non-finite training loss (nan) at epoch 1, step 3"),
+    ],
+)
+def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc, expected):
+    monkeypatch.setattr(objective, "build_trainer", failing_build(exc))
+    first = context.study.ask()
+    outcome = run_trial(context, first._trial_id)
+    assert outcome.state == "FAIL" and expected in outcome.reason
+
+    frozen = context.study.trials[0]
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert expected in frozen.user_attrs["fail_reason"]
+    client = MlflowClient(context.spec.tracking.uri)
+    run = client.get_run(frozen.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"  # never left RUNNING
+    assert run.data.tags["hpsearch.state"] == "FAIL"
+    assert expected in run.data.tags["hpsearch.fail_reason"]
+
+    # the same worker context trains the next trial normally
+    monkeypatch.undo()
+    second = context.study.ask()
+    outcome = run_trial(context, second._trial_id)
+    assert outcome.state == "COMPLETE" and outcome.value > 0
+
+
+def test_trial_seed_depends_on_study_seed_and_number():
+    assert objective.trial_seed(0, 1) == objective.trial_seed(0, 1)
+    assert len({objective.trial_seed(s, n) for s in range(3) for n in range(50)}) == 150
+
+
+def test_when_condition_only_suggests_under_its_condition(write_space):
+    spec = load_spec(
+        write_space(
+            {
+                "search_space": {
+                    "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+                    "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
+                }
+            },
+        )
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    fixed = {k: v for k, v in spec.train.items() if k != "optimizer"}
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        params = objective.suggest(trial, spec.search_space, fixed)
+        seen.add(params["optimizer"])
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        study.tell(trial, 0.0)
+    assert seen == {"sgd", "adamw"}

@@ -1,0 +1,159 @@
+"""Device slots, parallel workers sharing one budget, killed workers, interrupts and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from hpsearch.errors import UsageError
+from hpsearch.study import DEFAULT_STORAGE, open_storage
+from hpsearch.tracking import DEFAULT_TRACKING_URI
+from hpsearch.workers import Slot, plan_slots
+
+from conftest import run_cli
+
+
+# ------------------------------------------------------------------ slots → CUDA_VISIBLE_DEVICES
+
+
+def test_auto_uses_every_gpu_times_trials_per_device():
+    slots = plan_slots("auto", 2, gpu_count=3)
+    assert [(s.index, s.gpu) for s in slots] == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2)]
+    assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1", "2", "2"]
+
+
+def test_auto_without_gpus_splits_the_cores_between_cpu_workers():
+    slots = plan_slots("auto", 2, gpu_count=0, cpu_count=8)
+    assert [(s.gpu, s.threads) for s in slots] == [(None, 4), (None, 4)]
+    assert slots[0].env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}  # GPUs hidden
+
+
+def test_explicit_gpu_list_and_cpu():
+    assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in plan_slots((1, 3), 1, gpu_count=4)] == ["1", "3"]
+    assert [s.gpu for s in plan_slots("cpu", 3, gpu_count=4, cpu_count=2)] == [None, None, None]
+    assert plan_slots("cpu", 3, gpu_count=0, cpu_count=2)[0].threads == 1
+
+
+def test_a_gpu_that_does_not_exist_is_refused():
+    with pytest.raises(UsageError, match=r"--devices: GPU 2 does not exist \(this machine sees 2 GPU\(s\)\)"):
+        plan_slots((0, 2), 1, gpu_count=2)
+
+
+def test_slot_label():
+    assert Slot(0, None).label == "cpu" and Slot(1, 3).label == "cuda:3"
+
+
+# ------------------------------------------------------------------ real worker processes
+
+
+def load(workdir):
+    return optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / DEFAULT_STORAGE)))
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_trial_with_an_epoch(workdir):
+    try:
+        trials = load(workdir).get_trials(states=(TrialState.RUNNING,))
+    except (KeyError, FileNotFoundError):
+        return None
+    for t in trials:
+        if t.intermediate_values and "hpsearch.worker_pid" in t.user_attrs:
+            return t
+    return None
+
+
+def assert_nothing_left_running(workdir):
+    study = load(workdir)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    statuses = [r.info.status for r in client.search_runs([exp.experiment_id])]
+    assert "RUNNING" not in statuses, statuses
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_share_one_study_and_meet_the_budget_exactly(write_space, workdir):
+    space = write_space({"study": {"n_trials": 4}, "resources": {"trials_per_device": 2}})
+    result = run_cli("run", str(space), cwd=workdir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    study = load(workdir)
+    assert len(study.trials) == 4
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["hpsearch.worker_pid"] for t in study.trials}) == 2  # both workers trained
+    assert_nothing_left_running(workdir)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_trial_which_is_retried_and_the_budget_is_met(write_space, workdir):
+    space = write_space({"study": {"n_trials": 3}, "train": {"epochs": 6}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
+        os.kill(victim.user_attrs["hpsearch.worker_pid"], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    study = load(workdir)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL
+    assert "worker process died (killed by signal 9)" in dead.user_attrs["fail_reason"]
+    retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == dead.params
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    killed = client.get_run(dead.user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["hpsearch.state"] == "FAIL"
+    assert_nothing_left_running(workdir)
+
+
+@pytest.mark.slow
+def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, workdir):
+    space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 8}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert stopped_in < 15, stopped_in
+    assert "run the same command again to resume" in output
+    interrupted = load(workdir).trials[victim.number]
+    assert interrupted.state == TrialState.FAIL and "interrupted" in interrupted.user_attrs["fail_reason"]
+    assert_nothing_left_running(workdir)
+
+    result = run_cli("run", str(space), "--n-trials", "2", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(workdir)
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == interrupted.params
+    assert_nothing_left_running(workdir)
