@@ -75,7 +75,8 @@ _ABSENT = object()
 
 def suggest(trial: optuna.Trial, search_space: dict[str, ParamSpec], fixed: dict[str, Any]) -> dict[str, Any]:
     """Suggest every searched parameter whose `when:` holds, resolving conditions in dependency order."""
-    values: dict[str, Any] = dict(fixed)
+    # Fixed values of searched names are fallbacks only: conditions see the searched value.
+    values: dict[str, Any] = {k: v for k, v in fixed.items() if k not in search_space}
     pending = list(search_space.values())
     while pending:
         progressed = False

@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +33,6 @@ from hpsearch.params import (
     CUDA_GRAPH_MODES,
     DATASETS,
     DIRECTIONS,
-    HPARAM_CHOICES,
     HPARAM_TYPES,
     HYPERPARAMETERS,
     METRICS,
@@ -297,18 +298,17 @@ def fixed_spec(spec: Spec, values: dict[str, Any]) -> Spec:
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_duration(text: Any) -> float:
     """Seconds in '8h', '30m', '90s', '1h30m', '2d', or a plain number of seconds; ValueError otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and math.isfinite(text):
         return float(text)
     if isinstance(text, str):
         compact = text.replace(" ", "").lower()
-        try:
+        if _SECONDS.fullmatch(compact):
             return float(compact)
-        except ValueError:
-            pass
         match = _DURATION.fullmatch(compact)
         if compact and match:
             days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
@@ -358,7 +358,7 @@ def _named(raw: Any, path: str, kind: str, table: dict) -> tuple[str, dict]:
     if "name" not in raw:
         raise SpecError(f"{path}.name", f"required ({', '.join(table)})")
     name = raw["name"]
-    if name not in table:
+    if not isinstance(name, str) or name not in table:
         raise SpecError(f"{path}.name", _unknown(kind, name, table))
     return name, {k: v for k, v in raw.items() if k != "name"}
 
@@ -398,8 +398,6 @@ def _probe_sampler(sampler: SamplerSpec, search_space: dict[str, ParamSpec]) -> 
 
 def _probe(build, path: str) -> None:
     """Build once now so that a value the constructor refuses is reported as a spec error, not mid-run."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning etc. belong to the real run
@@ -510,8 +508,6 @@ def _parse_search_space(raw: Any, train: dict) -> dict[str, ParamSpec]:
         if name in TRAIN_SETTINGS:
             raise SpecError(at, "is a setting, not a hyperparameter: set it under train")
         _hparam_name(name, at)
-        if name in train:
-            raise SpecError(at, f"also fixed in train.{name}; keep one")
         space[name] = _parse_param(name, entry, at)
     for p in space.values():
         for cond, values in (p.when or {}).items():
@@ -684,9 +680,15 @@ def _section(raw: Any, path: str) -> dict:
     return raw
 
 
+# Long names people write for short ones: `lern_rate` is far from `lr` but close to `learning_rate`.
+_ALIASES = {"learning_rate": "lr", "bs": "batch_size", "wd": "weight_decay"}
+
+
 def _unknown(kind: str, value: Any, valid) -> str:
-    close = difflib.get_close_matches(str(value), list(valid), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
+    valid = list(valid)
+    candidates = valid + [alias for alias, name in _ALIASES.items() if name in valid]
+    close = difflib.get_close_matches(str(value), candidates, n=1)
+    hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else f"valid: {', '.join(valid)}"
     return f"unknown {kind} {value!r} ({hint})"
 
 

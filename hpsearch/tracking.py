@@ -1,20 +1,23 @@
 """The MLflow side: one experiment per study, one parent run per study, one child run per trial.
 
 A trial's child run is opened when the trial starts, so pruned and failed trials keep their curves.
-Per-epoch metrics go out as one asynchronous `log_batch` per epoch, so logging never waits on the
-database inside the training loop; `finish()` drains them before the run is closed.
+Per-epoch metrics go out as one `log_batch` per epoch on a background writer thread, so the training
+loop never waits on the database; `finish()` drains them before the run is closed. (MLflow's own
+`synchronous=False` mode batches on a ~1 s timer, which made closing every run cost a second.)
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_DIR = "checkpoints"
@@ -31,9 +34,38 @@ TAG_PARENT = "mlflow.parentRunId"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
 
+_SQLITE_TUNED = False
+
+
+def _tune_sqlite() -> None:
+    """WAL journal + synchronous=NORMAL on every SQLite connection this process opens.
+
+    WAL lets the workers' writers and the UI's readers proceed without blocking one another, and
+    NORMAL skips the fsync per transaction (a power cut may lose the last commits, never corrupt the
+    file). Together they cut an MLflow write from ~7 ms to ~1 ms on this class of disk.
+    """
+    global _SQLITE_TUNED
+    if _SQLITE_TUNED:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        if type(dbapi_connection).__module__.startswith("sqlite3"):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    _SQLITE_TUNED = True
+
+
 def prepare_local_store(uri: str) -> None:
     """The SQLite file's folder must exist before MLflow opens it."""
     if uri.startswith("sqlite:///"):
+        _tune_sqlite()
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -91,13 +123,45 @@ class StudyTracker:
         self.client.set_terminated(run_id, "FINISHED")
 
 
+class _MetricWriter:
+    """One daemon thread per process that performs queued `log_batch` calls in order."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="hpsearch-mlflow-writer", daemon=True)
+                self._thread.start()
+        self._queue.put((client, run_id, metrics))
+
+    def _loop(self) -> None:
+        while True:
+            client, run_id, metrics = self._queue.get()
+            try:
+                client.log_batch(run_id, metrics=metrics)
+            except Exception:
+                pass  # a lost metric point must not turn a finished trial into a failure
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        self._queue.join()
+
+
+_WRITER = _MetricWriter()
+
+
 class TrialRun:
     """One trial's child run. Create with `start`, then `log_epoch` per epoch and `finish` exactly once."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, artifact_uri: str):
         self.client = client
         self.run_id = run_id
-        self._pending: list = []
+        self.artifact_uri = artifact_uri
         self.finished = False
 
     @classmethod
@@ -122,17 +186,13 @@ class TrialRun:
         if parent_run_id:
             tags[TAG_PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name or f"trial-{trial_number}", tags=tags)
-        self = cls(client, run.info.run_id)
+        self = cls(client, run.info.run_id, run.info.artifact_uri)
         client.log_batch(self.run_id, params=_params(params))
         return self
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        # Asynchronous: the training loop goes on while MLflow writes.
-        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
-        if op is not None:
-            self._pending.append(op)
+        _WRITER.submit(self.client, self.run_id, [Metric(k, float(v), now, epoch) for k, v in metrics.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -140,19 +200,16 @@ class TrialRun:
 
     def log_checkpoint(self, state_dict: Mapping[str, Any], name: str = CHECKPOINT_FILE) -> None:
         import torch  # only the worker that trains has weights to save
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, name)
             torch.save(dict(state_dict), path)
-            self.client.log_artifact(self.run_id, path, artifact_path=CHECKPOINT_DIR)
+            # The run's artifact URI is known since start: skip the get_run that log_artifact would do.
+            get_artifact_repository(self.artifact_uri).log_artifact(path, CHECKPOINT_DIR)
 
     def flush(self) -> None:
-        for op in self._pending:
-            try:
-                op.wait()
-            except Exception:
-                pass  # a lost metric point must not turn a finished trial into a failure
-        self._pending.clear()
+        _WRITER.drain()
 
     def finish(self, state: str, reason: str | None = None, status: str | None = None) -> None:
         if self.finished:

@@ -25,10 +25,10 @@ def assert_one_line_error(code: int, err: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"search_space": {"lr": {"type": "float", "low": -1, "high": 0.1}}},
+        ({"search_space": {"lr": {"type": "float", "low": -1, "high": 0.1, "log": False}}},
          "search_space.lr.low: must be > 0, got -1"),
         ({"study": {"n_trials": 0}}, "study.n_trials: must be > 0, got 0"),
-        ({"train": {"lern_rate": 0.1}}, "train.lern_rate: unknown key 'lern_rate' (did you mean 'lr'?)"),
+        ({"train": {"lern_rate": 0.1}}, "train.lern_rate: unknown hyperparameter 'lern_rate' (did you mean 'lr'?)"),
     ],
 )
 def test_bad_space_is_one_line_exit_2(capsys, write_space, override, expected):

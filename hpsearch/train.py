@@ -1,0 +1,385 @@
+"""One trial's training: optimizer and schedule from names, the epoch loop, evaluation, CUDA graphs.
+
+On CUDA the whole train step (forward, backward, optimizer step) is captured once in a CUDA graph
+and replayed: MobileNetV2-sized models are bound by kernel launches, and a replay launches them all
+at once (6-9x faster; DESIGN §8). What a graph needs shapes the code: fixed batch shapes (epochs
+drop the ragged last batch), inputs copied into static buffers, the learning rate as a device
+tensor the scheduler updates in place, and the running loss summed on the device so that nothing
+syncs with the host until the epoch ends. On the CPU everything runs eagerly in fp32.
+
+Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpsearch.models import set_train_mode
+from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
+
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy optimizer state, cuDNN autotuning)
+WARMUP_START_FACTOR = 0.01  # linear warm-up starts at 1% of lr, as torchvision's reference recipe
+PLATEAU_PATIENCE = 2  # epochs without improvement before plateau cuts lr (trials are short)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    cuda_graphs: str = "auto"  # auto | off: capture the train step in a CUDA graph on CUDA; never on CPU
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | off: fp32
+    channels_last: str = "auto"  # auto: on CUDA only | off
+
+    def __post_init__(self) -> None:
+        for f, allowed in (("cuda_graphs", CUDA_GRAPH_MODES), ("amp", ("auto", "off")), ("channels_last", ("auto", "off"))):
+            if getattr(self, f) not in allowed:
+                raise ValueError(f"train.{f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_accuracy: float  # fraction 0..1
+    lr: float  # lr of the epoch's first step (first param group)
+    epoch_seconds: float  # training + evaluation wall time
+    images_per_second: float  # training images / training seconds
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in EPOCH_METRICS}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became nan or inf: the trial diverged."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device's default generator, CUDA included
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+
+def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named by hp.optimizer.
+
+    lr_tensor=True prepares it for CUDA-graph capture: lr becomes a float32 tensor on the params'
+    device, so the scheduler's in-place updates reach every replay, and the step is a capturable one
+    (capturable=True for Adam/AdamW/RMSprop; fused SGD, whose kernel reads lr from device memory,
+    where the foreach SGD would turn a tensor lr into a host number).
+    """
+    params = list(params)
+    lr = torch.tensor(hp.lr, dtype=torch.float32, device=params[0].device) if lr_tensor else hp.lr
+    graph = {"capturable": True} if lr_tensor else {}
+    name = hp.optimizer
+    if name == "sgd":
+        # Nesterov without momentum is meaningless (torch refuses it): a sampled momentum of 0 turns it off.
+        return torch.optim.SGD(params, lr=lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
+                               weight_decay=hp.weight_decay, **({"fused": True} if lr_tensor else {}))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay, **graph)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay, **graph)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, **graph)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class LRSchedule:
+    """A trial's learning-rate schedule, stepped after every optimizer step.
+
+    Every schedule runs in optimizer steps (epoch-based settings are converted: step_size and the
+    multistep milestones are multiplied by steps_per_epoch, exponential's gamma is per epoch), so
+    the learning rate moves smoothly inside an epoch. The exception is plateau, which can only judge
+    the validation metric once per epoch: `epoch_end(value)` steps it, after any warm-up.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, per_step=None, plateau=None, plateau_from_epoch: int = 0):
+        self.optimizer = optimizer
+        self.per_step = per_step  # a torch LRScheduler stepped per optimizer step, or None
+        self.plateau = plateau  # a ReduceLROnPlateau stepped per epoch, or None
+        self.plateau_from_epoch = plateau_from_epoch
+        self.epochs_seen = 0
+
+    def step(self) -> None:
+        if self.per_step is not None:
+            self.per_step.step()
+
+    def epoch_end(self, value: float) -> None:
+        self.epochs_seen += 1
+        if self.plateau is not None and self.epochs_seen > self.plateau_from_epoch:
+            self.plateau.step(value)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epoch: int,
+                    direction: str = "maximize") -> LRSchedule:
+    """The schedule named by hp.scheduler, with hp.warmup_epochs of linear warm-up before it.
+
+    Warm-up is a LinearLR from 1% of lr composed with the main schedule by SequentialLR (as in
+    torchvision's classification reference). onecycle has its own warm-up phase: warmup_epochs sets
+    its pct_start instead. Its momentum is not cycled, so the searched momentum stays what it is.
+    `direction` is the tuned metric's, which plateau watches.
+    """
+    spe = max(1, steps_per_epoch)
+    epochs, warm = hp.epochs, min(hp.warmup_epochs, hp.epochs)
+    main_steps = max(1, (epochs - warm) * spe)
+    sched = torch.optim.lr_scheduler
+    name = hp.scheduler
+    plateau = None
+    if name == "onecycle":
+        pct = warm / epochs if warm else 0.3
+        per_step = sched.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=epochs * spe, pct_start=pct,
+                                    cycle_momentum=False)
+        return LRSchedule(optimizer, per_step)
+    if name == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif name == "step":
+        main = sched.StepLR(optimizer, step_size=(hp.step_size or max(1, epochs // 3)) * spe, gamma=hp.gamma)
+    elif name == "multistep":
+        # Milestones at 50% and 75% of the epochs, counted from the end of the warm-up.
+        milestones = sorted({max(1, (int(f * epochs) - warm) * spe) for f in (0.5, 0.75)})
+        main = sched.MultiStepLR(optimizer, milestones=milestones, gamma=hp.gamma)
+    elif name == "exponential":
+        main = sched.ExponentialLR(optimizer, gamma=hp.gamma ** (1 / spe))
+    elif name == "plateau":
+        mode = "max" if direction == "maximize" else "min"
+        plateau = sched.ReduceLROnPlateau(optimizer, mode=mode, factor=hp.gamma, patience=PLATEAU_PATIENCE)
+        main = None
+    elif name == "none":
+        main = None
+    else:
+        raise ValueError(f"unknown scheduler {name!r}")
+    if warm:
+        warmup = sched.LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, total_iters=warm * spe)
+        per_step = warmup if main is None else sched.SequentialLR(optimizer, [warmup, main], milestones=[warm * spe])
+    else:
+        per_step = main
+    return LRSchedule(optimizer, per_step, plateau, plateau_from_epoch=warm)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _autocast(device: torch.device, settings: TrainSettings, *, for_graph: bool = False):
+    if device.type == "cuda" and settings.amp == "auto":
+        # Autocast's weight-cast cache must be off inside graph capture (cached casts would be stale).
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not for_graph)
+    return contextlib.nullcontext()
+
+
+def _memory_format(device: torch.device, settings: TrainSettings) -> torch.memory_format:
+    if device.type == "cuda" and settings.channels_last == "auto":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def evaluate(model: nn.Module, split, *, device, settings: TrainSettings = TrainSettings(),
+             batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over the whole split, unaugmented. Leaves the model in eval mode."""
+    device = torch.device(device)
+    fmt = _memory_format(device, settings)
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.inference_mode(), _autocast(device, settings):
+        for x, y in split.batches(batch_size, shuffle=False, augment=False, drop_last=False):
+            logits = model(x.contiguous(memory_format=fmt)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    n = len(split)
+    return loss_sum.item() / n, correct.item() / n
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Trains one model on one TaskData with one set of hyperparameters, epoch by epoch.
+
+    `seed` decides the data order and augmentation; call seed_everything(seed) before build_model
+    too, for the same head initialisation and dropout masks.
+    """
+
+    def __init__(self, model: nn.Module, data, hp: HParams, *, device, settings: TrainSettings = TrainSettings(),
+                 metric: str = "val_accuracy", direction: str = "maximize", seed: int = 0):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        self.device = torch.device(device)
+        self.data, self.hp, self.settings = data, hp, settings
+        self.metric, self.direction = metric, direction
+        cuda = self.device.type == "cuda"
+        self.use_graphs = cuda and settings.cuda_graphs == "auto"
+        self.memory_format = _memory_format(self.device, settings)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # shapes are static; pick the fastest kernels once
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(trainable, hp, lr_tensor=self.use_graphs)
+        self.batch_size = min(hp.batch_size, len(data.train))
+        self.steps_per_epoch = len(data.train) // self.batch_size
+        self.schedule = build_scheduler(self.optimizer, hp, self.steps_per_epoch, direction)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        # Data order and augmentation come from a generator on the device: no host round trips.
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eval_batch_size = max(512, self.batch_size)
+        # Device-side running totals of the epoch; read once at its end.
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._steps = torch.zeros((), dtype=torch.long, device=self.device)
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._graph = None
+        self._static = None  # (x, y) buffers the graph reads
+        self._eager_steps = 0
+
+        self.history: list[EpochStats] = []
+        self.best_epoch: int | None = None
+        self.best_value: float | None = None
+        self.best_state_dict: dict | None = None  # on the model's device; see best_state_dict_cpu()
+        self._best_cpu: dict | None = None
+        self.stopped_early = False
+
+    # ---- one step
+
+    def _forward_backward_step(self, x: torch.Tensor, y: torch.Tensor, *, for_graph: bool = False) -> None:
+        with _autocast(self.device, self.settings, for_graph=for_graph):
+            loss = self.criterion(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach().float()
+        self._steps += 1
+        # Remember the first step whose loss is not finite, without a host sync.
+        self._first_bad.copy_(torch.where(~torch.isfinite(loss) & (self._first_bad < 0), self._steps, self._first_bad))
+        self._loss_sum += loss
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._forward_backward_step(x.contiguous(memory_format=self.memory_format), y)
+
+    def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self._graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
+            # Warm-up steps are real training steps, run on a side stream as graph capture requires.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._eager_step(x, y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+            return
+        if self._graph is None:
+            try:
+                self._capture(x, y)
+            except Exception as e:  # unsupported op, optimizer or driver: train on, eagerly
+                warnings.warn(f"CUDA graph capture failed, training eagerly instead: {e}", stacklevel=3)
+                self._graph = self._static = None
+                self.use_graphs = False
+                self._eager_step(x, y)
+                return
+        static_x, static_y = self._static
+        static_x.copy_(x)
+        static_y.copy_(y)
+        self._graph.replay()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        static_x = torch.empty_like(x, memory_format=self.memory_format)
+        static_y = torch.empty_like(y)
+        self._static = (static_x, static_y)
+        # Grads set to None now are allocated inside the graph, from its private pool, and each
+        # replay writes them afresh instead of accumulating.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._forward_backward_step(static_x, static_y, for_graph=True)
+        self._graph = graph
+
+    # ---- one epoch
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """(mean training loss, lr at the epoch's start, training seconds)."""
+        set_train_mode(self.model)
+        self._loss_sum.zero_()
+        self._steps.zero_()
+        self._first_bad.fill_(-1)
+        lr = self.schedule.lr()
+        step = self._graph_step if self.use_graphs else self._eager_step
+        start = time.perf_counter()
+        for x, y in self.data.train.batches(self.batch_size, shuffle=True, augment=True, drop_last=True,
+                                            generator=self.generator):
+            step(x, y)
+            self.schedule.step()
+        loss_sum, steps, first_bad = torch.stack([self._loss_sum.double(), self._steps.double(),
+                                                  self._first_bad.double()]).tolist()  # the epoch's one sync
+        seconds = time.perf_counter() - start
+        if first_bad >= 0 or not math.isfinite(loss_sum):
+            bad_step = int(first_bad) if first_bad >= 0 else int(steps)
+            raise NonFiniteLoss(f"non-finite training loss ({loss_sum}) at epoch {epoch}, step {bad_step}")
+        return loss_sum / steps, lr, seconds
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.direction == "maximize" else value < self.best_value
+
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+        """Train hp.epochs epochs (fewer when patience stops it); evaluate on data.val after each.
+
+        After each epoch: record it, update best_*, step plateau, then call on_epoch(stats). on_epoch
+        may raise (e.g. optuna.TrialPruned) and the exception propagates with best_* up to date.
+        """
+        hp = self.hp
+        for epoch in range(len(self.history) + 1, hp.epochs + 1):
+            start = time.perf_counter()
+            train_loss, lr, train_seconds = self._train_epoch(epoch)
+            val_loss, val_accuracy = evaluate(self.model, self.data.val, device=self.device,
+                                              settings=self.settings, batch_size=self.eval_batch_size)
+            stats = EpochStats(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - start,
+                               self.steps_per_epoch * self.batch_size / train_seconds)
+            self.history.append(stats)
+            value = getattr(stats, self.metric)
+            if self._improved(value):
+                self.best_epoch, self.best_value = epoch, value
+                # A device-side copy: no host sync now; best_state_dict_cpu() moves it when needed.
+                self.best_state_dict = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self._best_cpu = None
+            self.schedule.epoch_end(value)
+            if on_epoch is not None:
+                on_epoch(stats)
+            if hp.patience is not None and epoch - (self.best_epoch or 0) >= hp.patience:
+                self.stopped_early = True
+                break
+        return self.history
+
+    def best_state_dict_cpu(self) -> dict | None:
+        """The best epoch's weights in host memory (copied once, on first request)."""
+        if self._best_cpu is None and self.best_state_dict is not None:
+            self._best_cpu = {k: v.to("cpu") for k, v in self.best_state_dict.items()}
+        return self._best_cpu
+
+    def release(self) -> None:
+        """Drop the model, optimizer and graph so their device memory can go to the next trial.
+
+        The best weights are kept, moved to host memory (best_state_dict then refers to that copy).
+        """
+        self.best_state_dict = self.best_state_dict_cpu()
+        self.model = self.optimizer = self.schedule = self.criterion = None
+        self._graph = self._static = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()

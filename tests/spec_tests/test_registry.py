@@ -1,0 +1,91 @@
+"""Samplers and pruners built from a spec are the Optuna objects the spec names, configured as written."""
+
+import inspect
+
+import optuna
+import pytest
+
+from hpsearch import registry
+from hpsearch.spec import PrunerSpec, SamplerSpec, parse_spec
+
+from .helpers import BASE, edited
+
+
+def test_tables_cover_the_design():
+    assert list(registry.SAMPLERS) == ["tpe", "random", "gp", "cmaes", "qmc", "grid"]
+    assert list(registry.PRUNERS) == [
+        "hyperband", "successive_halving", "median", "percentile", "patient", "threshold", "none",
+    ]
+
+
+def test_keywords_follow_the_installed_signature():
+    # Everything the constructor takes, less what YAML cannot express or hpsearch derives.
+    tpe = set(inspect.signature(optuna.samplers.TPESampler).parameters)
+    assert set(registry.keywords("sampler", "tpe")) == tpe - {"gamma", "weights", "constraints_func"}
+    assert "search_space" not in registry.keywords("sampler", "grid")
+    assert "independent_sampler" not in registry.keywords("sampler", "gp")
+    assert "wrapped_pruner" in registry.keywords("pruner", "patient")
+
+
+def test_sampler_is_configured_as_written():
+    spec = parse_spec(edited("study.sampler", {"name": "tpe", "seed": 3, "n_startup_trials": 4}))
+    sampler = registry.build_sampler(spec.study.sampler, spec.search_space)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 4
+
+
+def _first_value(sampler) -> float:
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask()
+    return trial.suggest_float("x", 0, 1)
+
+
+def test_seed_offset_separates_workers_and_seed_reproduces():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = SamplerSpec("random", {"seed": 0})
+    same = [_first_value(registry.build_sampler(spec, {})) for _ in range(2)]
+    other = _first_value(registry.build_sampler(spec, {}, seed_offset=1))
+    assert same[0] == same[1] != other
+    assert registry.build_sampler(SamplerSpec("random", {"seed": 2**32 - 1}), {}, seed_offset=5) is not None
+
+
+def test_grid_takes_its_values_from_the_search_space():
+    data = edited("study.sampler", "grid")
+    data["train"] = {}
+    data["search_space"] = {
+        "lr": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},
+        "epochs": {"type": "int", "low": 2, "high": 6, "step": 2},
+        "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    }
+    spec = parse_spec(data)
+    assert registry.grid_search_space(spec.search_space) == {
+        "lr": [0.1, 0.2, 0.3], "epochs": [2, 4, 6], "optimizer": ["sgd", "adamw"],
+    }
+    assert isinstance(registry.build_sampler(spec.study.sampler, spec.search_space), optuna.samplers.GridSampler)
+
+
+@pytest.mark.parametrize(("pruner", "cls"), [
+    ({"name": "hyperband", "min_resource": 1, "reduction_factor": 3}, optuna.pruners.HyperbandPruner),
+    ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+    ({"name": "median", "n_startup_trials": 3}, optuna.pruners.MedianPruner),
+    ({"name": "percentile", "percentile": 25.0}, optuna.pruners.PercentilePruner),
+    ({"name": "threshold", "lower": 0.2}, optuna.pruners.ThresholdPruner),
+    ({"name": "none"}, optuna.pruners.NopPruner),
+])
+def test_pruners(pruner, cls):
+    spec = parse_spec(edited("study.pruner", pruner))
+    assert type(registry.build_pruner(spec.study.pruner)) is cls
+
+
+def test_default_pruner_waits_one_step():
+    pruner = registry.build_pruner(parse_spec(BASE).study.pruner)
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 1
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_patient_without_a_wrapped_pruner_prunes_on_stagnation_alone():
+    # PatientPruner(NopPruner()) would never prune; "none" must become wrapped_pruner=None.
+    spec = PrunerSpec("patient", {"patience": 1, "wrapped_pruner": PrunerSpec("none", {})})
+    assert registry.build_pruner(spec)._wrapped_pruner is None
+    nested = PrunerSpec("patient", {"patience": 1, "wrapped_pruner": PrunerSpec("median", {})})
+    assert isinstance(registry.build_pruner(nested)._wrapped_pruner, optuna.pruners.MedianPruner)
