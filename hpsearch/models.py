@@ -161,18 +161,33 @@ def _adapt(model: nn.Module, num_classes: int, dropout: float | None) -> None:
     model.hpsearch_head_modules = [head] + ([drop] if drop else [])
 
 
+def _torchvision_model(name: str, weights) -> nn.Module:
+    # GoogLeNet and Inception warn unless told how to initialise: keep their present default.
+    extra = {"init_weights": True} if weights is None and name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, weights=weights, **extra)
+
+
 def _load_file(model: nn.Module, path: str, state: dict, what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"state_dict file {path} does not fit {what}: {e}") from e
+    """Strict load; on a mismatch, a short message (torch's lists every key, often hundreds)."""
+    own = model.state_dict()
+    problems = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+        "of another shape": [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                             for k in own if k in state and state[k].shape != own[k].shape],
+    }
+    found = [f"{len(keys)} keys {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+             for kind, keys in problems.items() if keys]
+    if found:
+        raise ValueError(f"state_dict file {path} does not fit {what}: {'; '.join(found)}")
+    model.load_state_dict(state, strict=True)
 
 
 def _from_file(name: str, num_classes: int, path: str, dropout: float | None) -> nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    model = torchvision.models.get_model(name, weights=None)
+    model = _torchvision_model(name, None)
     head_weight = state.get(_find_head(model) + ".weight")
     if head_weight is not None and head_weight.shape[0] == num_classes:
         # Already num_classes outputs (e.g. an hpsearch checkpoint): it fits the adapted model.
@@ -204,7 +219,7 @@ def build_model(name: str, num_classes: int, weights: str = "none", dropout: flo
     else:
         if resolved is not None:
             _ensure_cached(resolved)
-        model = torchvision.models.get_model(name, weights=resolved)
+        model = _torchvision_model(name, resolved)
         _adapt(model, num_classes, dropout)
     if freeze == "backbone":
         trainable = {id(p) for p in head_parameters(model)}

@@ -201,12 +201,22 @@ class TrialRun:
     def log_checkpoint(self, state_dict: Mapping[str, Any], name: str = CHECKPOINT_FILE) -> None:
         import torch  # only the worker that trains has weights to save
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, name)
+        # The run's artifact URI is known since start: skip the get_run that log_artifact would do.
+        repo = get_artifact_repository(self.artifact_uri)
+        if isinstance(repo, LocalArtifactRepository):
+            # Local store: write the file where it belongs instead of writing it and copying it.
+            folder = Path(repo.artifact_dir) / CHECKPOINT_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.partial"
+            torch.save(dict(state_dict), tmp)
+            tmp.replace(folder / name)
+            return
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            path = os.path.join(tmp_dir, name)
             torch.save(dict(state_dict), path)
-            # The run's artifact URI is known since start: skip the get_run that log_artifact would do.
-            get_artifact_repository(self.artifact_uri).log_artifact(path, CHECKPOINT_DIR)
+            repo.log_artifact(path, CHECKPOINT_DIR)
 
     def flush(self) -> None:
         _WRITER.drain()

@@ -30,7 +30,7 @@ from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy optimizer state, cuDNN autotuning)
 WARMUP_START_FACTOR = 0.01  # linear warm-up starts at 1% of lr, as torchvision's reference recipe
-PLATEAU_PATIENCE = 2  # epochs without improvement before plateau cuts lr (trials are short)
+PLATEAU_PATIENCE = 2  # stalled epochs plateau tolerates; it cuts lr after the next one (trials are short)
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ class TrainSettings:
     channels_last: str = "auto"  # auto: on CUDA only | off
 
     def __post_init__(self) -> None:
-        for f, allowed in (("cuda_graphs", CUDA_GRAPH_MODES), ("amp", ("auto", "off")), ("channels_last", ("auto", "off"))):
-            if getattr(self, f) not in allowed:
-                raise ValueError(f"train.{f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
+        allowed = {"cuda_graphs": CUDA_GRAPH_MODES, "amp": ("auto", "off"), "channels_last": ("auto", "off")}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"train.{name} must be one of {', '.join(values)}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -256,6 +257,18 @@ class Trainer:
 
     # ---- one step
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on a batch, then the schedule's step.
+
+        Eager, or on CUDA: GRAPH_WARMUP_STEPS eager steps, then one capture, then graph replays.
+        The loss goes into the epoch's device-side totals; nothing waits for the device here.
+        """
+        if self.use_graphs:
+            self._graph_step(x, y)
+        else:
+            self._eager_step(x, y)
+        self.schedule.step()
+
     def _forward_backward_step(self, x: torch.Tensor, y: torch.Tensor, *, for_graph: bool = False) -> None:
         with _autocast(self.device, self.settings, for_graph=for_graph):
             loss = self.criterion(self.model(x), y)
@@ -276,7 +289,9 @@ class Trainer:
             # Warm-up steps are real training steps, run on a side stream as graph capture requires.
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                # torch warns that a capturable optimizer steps uncaptured: expected before capture.
+                warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
                 self._eager_step(x, y)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._eager_steps += 1
@@ -316,12 +331,10 @@ class Trainer:
         self._steps.zero_()
         self._first_bad.fill_(-1)
         lr = self.schedule.lr()
-        step = self._graph_step if self.use_graphs else self._eager_step
         start = time.perf_counter()
         for x, y in self.data.train.batches(self.batch_size, shuffle=True, augment=True, drop_last=True,
                                             generator=self.generator):
-            step(x, y)
-            self.schedule.step()
+            self.train_step(x, y)
         loss_sum, steps, first_bad = torch.stack([self._loss_sum.double(), self._steps.double(),
                                                   self._first_bad.double()]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - start

@@ -1,0 +1,206 @@
+"""Orchestration cost per trial, and trials per hour with 1 vs 2 workers (and 1/2/4 per GPU where one exists).
+
+    python benchmarks/parallel.py                 # everything this machine can run
+    python benchmarks/parallel.py --only overhead # just the per-trial orchestration cost
+    python benchmarks/parallel.py --json out.json
+
+1. Overhead: everything hpsearch does around a trial's training on the embedded stores (journal
+   file + SQLite MLflow): ask, owner attributes, suggest, open the child run with its params,
+   per-epoch report/prune check + metrics, the best checkpoint (a real MobileNetV2 state_dict),
+   close the run, tell. Baseline, measured in the same run: the hand-written glue it replaces —
+   MLflow's fluent API (`start_run(nested=True)`, `log_params`, `log_metric` per metric per epoch,
+   `log_artifact`), the way most hand-written objectives log.
+2. Throughput: `hpsearch run` of a small real search (digits, ShuffleNetV2 at 16 px, 1 epoch per
+   trial) with 1 and then 2 CPU worker processes; trials per hour and the ratio.
+3. GPU (CUDA only): aggregate training images/s of MobileNetV2 at 32 px for trials_per_device 1, 2, 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EPOCHS = 5
+
+
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def _state_dict():
+    import torchvision
+
+    return torchvision.models.mobilenet_v2(num_classes=10).state_dict()
+
+
+def overhead(n_trials: int) -> dict:
+    import optuna
+    import torch
+
+    from hpsearch import study as study_mod
+    from hpsearch import tracking
+    from hpsearch.objective import suggest
+    from hpsearch.spec import parse_spec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = parse_spec(
+        {
+            "study": {"name": "bench", "n_trials": n_trials, "sampler": {"name": "tpe", "seed": 0}},
+            "task": {"model": {"name": "mobilenet_v2", "weights": "none"}, "data": {"name": "digits"}},
+            "search_space": {
+                "lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+                "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
+                "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+                "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
+                "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            },
+        }
+    )
+    weights = _state_dict()
+    metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5, "lr": 0.1, "epoch_seconds": 1.0,
+               "images_per_second": 1000.0}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        study = optuna.create_study(study_name="bench", storage=study_mod.open_storage("studies/journal.log"),
+                                    direction="maximize")
+        tracker = tracking.StudyTracker("sqlite:///mlruns/mlflow.db", "bench")
+        parent = tracker.parent_run("bench", {})
+        hpsearch_times = []
+        for i in range(n_trials):
+            t0 = time.perf_counter()
+            asked = study.ask()
+            for k, v in study_mod.owner_attrs().items():
+                study._storage.set_trial_user_attr(asked._trial_id, k, v)
+            trial = optuna.trial.Trial(study, asked._trial_id)
+            params = suggest(trial, spec.search_space, spec.train)
+            run = tracking.TrialRun.start(tracker.client, tracker.experiment_id, parent, "bench", trial.number, params)
+            study._storage.set_trial_user_attr(trial._trial_id, study_mod.ATTR_RUN_ID, run.run_id)
+            for epoch in range(1, EPOCHS + 1):
+                run.log_epoch(epoch, metrics)
+                trial.report(0.5 + 0.01 * epoch, epoch)
+                trial.should_prune()
+            run.log_checkpoint(weights)
+            run.finish("COMPLETE")
+            study.tell(trial, 0.5)
+            hpsearch_times.append(time.perf_counter() - t0)
+
+        import mlflow
+
+        mlflow.set_tracking_uri("sqlite:///mlruns/mlflow.db")
+        mlflow.set_experiment("baseline")
+        baseline_times = []
+        with mlflow.start_run(run_name="baseline-parent"):
+            for i in range(n_trials):
+                t0 = time.perf_counter()
+                trial = study.ask()
+                params = suggest(trial, spec.search_space, spec.train)
+                with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                    mlflow.log_params(params)
+                    for epoch in range(1, EPOCHS + 1):
+                        for k, v in metrics.items():
+                            mlflow.log_metric(k, v, step=epoch)
+                        trial.report(0.5, epoch)
+                        trial.should_prune()
+                    path = Path(tmp) / "model.pt"
+                    torch.save(weights, path)
+                    mlflow.log_artifact(str(path), "checkpoints")
+                study.tell(trial, 0.5)
+                baseline_times.append(time.perf_counter() - t0)
+        os.chdir("/")
+    skip = min(3, n_trials // 4)  # the first trials pay one-off costs (table creation, imports)
+    results["hpsearch_ms_per_trial"] = statistics.median(hpsearch_times[skip:]) * 1000
+    results["baseline_ms_per_trial"] = statistics.median(baseline_times[skip:]) * 1000
+    results["ratio_baseline_over_hpsearch"] = results["baseline_ms_per_trial"] / results["hpsearch_ms_per_trial"]
+    results["epochs_per_trial"] = EPOCHS
+    return results
+
+
+SMALL_SPACE = {
+    "study": {"name": "bench-par", "n_trials": 6, "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}},
+    "task": {"model": {"name": "shufflenet_v2_x0_5", "weights": "none"},
+             "data": {"name": "digits", "image_size": 16, "augment": "none"}},
+    "train": {"epochs": 1, "batch_size": 64},
+    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+    "resources": {"devices": "cpu", "trials_per_device": 1},
+}
+
+
+def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: dict | None = None) -> dict:
+    from hpsearch.runner import run_study
+    from hpsearch.spec import parse_spec
+
+    out = {}
+    for k in workers:
+        data = json.loads(json.dumps(space or SMALL_SPACE))
+        data["study"]["n_trials"] = n_trials
+        data["resources"] = {"devices": devices, "trials_per_device": k}
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                spec = parse_spec(data)
+                t0 = time.perf_counter()
+                summary = run_study(spec, interactive=False)
+                seconds = time.perf_counter() - t0
+            finally:
+                os.chdir(cwd)
+        out[f"{k}_workers"] = {"seconds": seconds, "trials": summary.finished,
+                               "trials_per_hour": summary.finished / seconds * 3600}
+    base = out[f"{workers[0]}_workers"]["trials_per_hour"]
+    for k in workers:
+        out[f"{k}_workers"]["ratio"] = out[f"{k}_workers"]["trials_per_hour"] / base
+    return out
+
+
+GPU_SPACE = {
+    "study": {"name": "bench-gpu", "n_trials": 8, "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}},
+    "task": {"model": {"name": "mobilenet_v2", "weights": "none"},
+             "data": {"name": "fake", "samples": 20000, "num_classes": 10, "image_size": 32}},
+    "train": {"epochs": 2, "batch_size": 128},
+    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["overhead", "throughput", "gpu"], default=None)
+    parser.add_argument("--trials", type=int, default=20, help="trials for the overhead measurement")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    import torch
+
+    results: dict = {"machine": _machine()}
+    if args.only in (None, "overhead"):
+        r = results["overhead"] = overhead(args.trials)
+        print(f"orchestration per trial ({EPOCHS} epochs, checkpoint of MobileNetV2): hpsearch "
+              f"{r['hpsearch_ms_per_trial']:.1f} ms, hand-written fluent MLflow glue {r['baseline_ms_per_trial']:.1f} ms "
+              f"({r['ratio_baseline_over_hpsearch']:.2f}x)")
+    if args.only in (None, "throughput"):
+        r = results["throughput_cpu"] = throughput(6, [1, 2])
+        for k, v in r.items():
+            print(f"{k}: {v['trials']} trials in {v['seconds']:.1f}s = {v['trials_per_hour']:.0f} trials/h ({v['ratio']:.2f}x)")
+    if args.only in (None, "gpu"):
+        if torch.cuda.is_available():
+            r = results["gpu_trials_per_device"] = throughput(8, [1, 2, 4], devices="auto", space=GPU_SPACE)
+            for k, v in r.items():
+                imgs = 8 * 2 * 20000 * 0.9
+                print(f"trials_per_device {k}: {v['seconds']:.1f}s, ~{imgs / v['seconds']:,.0f} train img/s aggregate ({v['ratio']:.2f}x)")
+        else:
+            print("gpu: no CUDA device here; skipped")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
