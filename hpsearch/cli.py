@@ -297,6 +297,9 @@ def ui(port, host, tracking_uri):
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every domain error becomes one line on stderr with its exit code, never a traceback."""
+    from hpsearch.live import quiet_libraries
+
+    quiet_libraries()
     SpecError = _spec_error_type()
     try:
         rv = cli.main(args=argv, prog_name="hpsearch", standalone_mode=False)

@@ -7,7 +7,8 @@ Validation happens here, once, so the study, workers and objective can trust a S
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.
 - sampler: tpe with seed 0, and any sampler without a seed gets seed 0, so runs reproduce.
-- pruner: median with n_warmup_steps 1 (never judge a trial on its first report alone).
+- pruner: median with n_warmup_steps 2. Steps are epochs completed (1-based), so this never
+  judges a trial on its first epoch alone.
 - task.model.weights: DEFAULT (a fine-tuning tool starts from pretrained weights).
 """
 
@@ -345,7 +346,7 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         n_trials=_positive_int(raw.get("n_trials", 20), "study.n_trials"),
         timeout=None if timeout is None else _duration(timeout, "study.timeout"),
         sampler=_parse_sampler(raw.get("sampler"), "study.sampler"),
-        pruner=_parse_pruner(raw.get("pruner"), "study.pruner", PrunerSpec("median", {"n_warmup_steps": 1})),
+        pruner=_parse_pruner(raw.get("pruner"), "study.pruner", PrunerSpec("median", {"n_warmup_steps": 2})),
         storage=None if raw.get("storage") is None else _text(raw["storage"], "study.storage"),
     )
 

@@ -48,7 +48,7 @@ def open_storage(url: str | None) -> BaseStorage:
     if "://" in url:
         # Pool pre-ping keeps long searches alive across database restarts.
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    path = Path(url)
+    path = Path(url).resolve()  # absolute: a later chdir must not move the study
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow import MlflowClient
+# No progress bars from artifact downloads: `best --format json` output must stay parseable.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -71,7 +74,20 @@ def prepare_local_store(uri: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def resolve_uri(uri: str) -> str:
+    """A relative SQLite URI made absolute against the current folder.
+
+    MLflow caches one store per URI string for the life of the process: a relative path would keep
+    pointing at the folder where it was first opened.
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def client_for(uri: str) -> MlflowClient:
+    uri = resolve_uri(uri)
     prepare_local_store(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -260,5 +276,5 @@ def download_checkpoint(uri: str, run_id: str, dest: str, name: str = CHECKPOINT
     from mlflow.artifacts import download_artifacts
 
     return download_artifacts(
-        run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}", dst_path=dest, tracking_uri=uri
+        run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}", dst_path=dest, tracking_uri=resolve_uri(uri)
     )

@@ -11,6 +11,7 @@ closed as KILLED, the trial retried once with the same parameters, and is replac
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -91,6 +92,9 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
+    from hpsearch.live import quiet_libraries
+
+    quiet_libraries()
     try:
         import torch
 
@@ -120,6 +124,10 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
         if message:
             events.put((slot.index, {"event": "fatal", "message": message}))
             return
+        # Everything alive now (libraries, the dataset) lives as long as the worker: move it out of
+        # the collector's sight, so the collection after each trial scans only that trial's objects
+        # (~600k objects, 0.35 s a trial, otherwise).
+        gc.freeze()
         events.put((slot.index, {"event": "ready", "pid": os.getpid()}))
         while True:
             trial_id = tasks.get()
@@ -186,6 +194,7 @@ class Orchestrator:
     POLL_SECONDS = 0.2
     STOP_GRACE_SECONDS = 15.0
     MAX_START_FAILURES = 3
+    MIN_FAILURES_IN_A_ROW = 5
 
     def __init__(self, spec, study: optuna.Study, slots: list[Slot], storage_url: str | None, tracking_uri: str,
                  experiment_id: str, parent_run_id: str, live: LiveView):
@@ -203,6 +212,7 @@ class Orchestrator:
         self.stop_requested = False
         self.hard_stop = False
         self.fatal: str | None = None
+        self.failures_in_a_row = 0
         self.incarnations = 0
 
     # ---- signals
@@ -276,6 +286,7 @@ class Orchestrator:
                 reason = f"worker process died ({how}) on {handle.slot.label}"
                 self.live.message(f"slot {index}: {reason} during trial {handle.trial_number}")
                 self._fail_orphan(handle, reason, "killed")
+                self._count_outcome("FAIL", reason)
             del self.workers[index]
             if self.stop_requested:
                 continue
@@ -295,10 +306,24 @@ class Orchestrator:
         elif kind == "fatal":
             self.fatal = event["message"]
             self.stop_requested = True
+        elif kind == "end":
+            self._count_outcome(event["state"], event.get("reason"))
         elif kind == "done" and handle is not None and handle.trial_number == event["trial"]:
             handle.trial_id = handle.trial_number = None
         if handle is not None:
             self.live.on_event(handle.slot, event)
+
+    def _count_outcome(self, state: str, reason: str | None) -> None:
+        """Every trial failing in a row means a broken setup, not bad luck: stop instead of spinning."""
+        if state != "FAIL":
+            self.failures_in_a_row = 0
+            return
+        self.failures_in_a_row += 1
+        limit = max(self.MIN_FAILURES_IN_A_ROW, 2 * len(self.slots))
+        if self.failures_in_a_row >= limit and not self.stop_requested:
+            last = (reason or "unknown").splitlines()[0]
+            self.fatal = f"stopped after {self.failures_in_a_row} trials in a row failed; the last: {last}"
+            self.stop_requested = True
 
     def _drain_events(self, timeout: float) -> None:
         try:

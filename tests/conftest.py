@@ -23,12 +23,12 @@ TINY_SPACE = {
         "pruner": {"name": "none"},
     },
     "task": {
-        "model": {"name": "resnet18", "weights": "none"},
-        "data": {"name": "digits", "image_size": 16, "val_fraction": 0.2, "augment": "none"},
+        "model": {"name": "shufflenet_v2_x0_5", "weights": "none"},
+        "data": {"name": "digits", "image_size": 32, "val_fraction": 0.2, "augment": "none"},
     },
-    "train": {"epochs": 2, "batch_size": 128, "optimizer": "adamw"},
+    "train": {"epochs": 2, "batch_size": 64, "optimizer": "adamw"},
     "search_space": {
-        "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
         "dropout": {"type": "float", "low": 0.0, "high": 0.3},
     },
     "resources": {"devices": "cpu", "trials_per_device": 1},

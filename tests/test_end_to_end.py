@@ -61,7 +61,7 @@ def test_run_status_best_export_train(write_space, workdir):
         params = run.data.params
         assert float(params["lr"]) == pytest.approx(t.params["lr"])
         assert params["optimizer"] == "adamw" and params["epochs"] == "2"  # fixed values logged too
-        assert params["model"] == "resnet18" and params["dataset"] == "digits"
+        assert params["model"] == "shufflenet_v2_x0_5" and params["dataset"] == "digits"
         for name in ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second"):
             history = client.get_metric_history(run.info.run_id, name)
             assert sorted(m.step for m in history) == [1, 2], name
@@ -130,7 +130,7 @@ def test_pruned_trial_keeps_its_curve(write_space, workdir):
     # val_accuracy can never reach 1.1: every trial is pruned at its first epoch past the warm-up.
     space = write_space(
         {
-            "study": {"n_trials": 2, "pruner": {"name": "threshold", "lower": 1.1, "n_warmup_steps": 1}},
+            "study": {"n_trials": 2, "pruner": {"name": "threshold", "lower": 1.1, "n_warmup_steps": 2}},
             "train": {"epochs": 4},
         }
     )

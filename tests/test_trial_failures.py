@@ -48,15 +48,16 @@ def failing_build(exc):
     [
         (RuntimeError("boom in the data pipeline"), "RuntimeError: boom in the data pipeline"),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-         "out of memory: resnet18 at batch_size=128, image_size=16"),
+         "out of memory: shufflenet_v2_x0_5 at batch_size=64, image_size=32"),
         (NonFiniteLoss("non-finite training loss (nan) at epoch 1, step 3"),
          "non-finite training loss (nan) at epoch 1, step 3"),
     ],
 )
 def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc, expected):
-    monkeypatch.setattr(objective, "build_trainer", failing_build(exc))
-    first = context.study.ask()
-    outcome = run_trial(context, first._trial_id)
+    with monkeypatch.context() as patch:
+        patch.setattr(objective, "build_trainer", failing_build(exc))
+        first = context.study.ask()
+        outcome = run_trial(context, first._trial_id)
     assert outcome.state == "FAIL" and expected in outcome.reason
 
     frozen = context.study.trials[0]
@@ -69,7 +70,6 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
     assert expected in run.data.tags["hpsearch.fail_reason"]
 
     # the same worker context trains the next trial normally
-    monkeypatch.undo()
     second = context.study.ask()
     outcome = run_trial(context, second._trial_id)
     assert outcome.state == "COMPLETE" and outcome.value > 0

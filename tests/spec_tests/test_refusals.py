@@ -1,6 +1,5 @@
 """Every refusal names the dotted path of the field and says what is wrong, in exactly these words."""
 
-import importlib.util
 
 import pytest
 
@@ -257,11 +256,6 @@ def test_name_needs_a_file_or_a_value():
     )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cmaes") is not None, reason="cmaes is installed")
-def test_cmaes_without_its_package():
-    assert refusal(edited("study.sampler", {"name": "cmaes"})) == (
-        "study.sampler.name: the cmaes sampler needs the 'cmaes' package: pip install cmaes"
-    )
 
 
 def test_base_is_valid():

@@ -79,7 +79,7 @@ def test_pruners(pruner, cls):
 
 def test_default_pruner_waits_one_step():
     pruner = registry.build_pruner(parse_spec(BASE).study.pruner)
-    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 1
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 2
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -35,7 +35,7 @@ def test_defaults_are_filled():
     )
     assert s.sampler == SamplerSpec("tpe", {"seed": 0})
     assert s.seed == 0
-    assert s.pruner == PrunerSpec("median", {"n_warmup_steps": 1})
+    assert s.pruner == PrunerSpec("median", {"n_warmup_steps": 2})
     assert spec.task.model.weights == "DEFAULT"
     assert spec.task.data == DataSpec(name="fake")
     assert spec.train == {}
@@ -139,7 +139,7 @@ def test_to_dict_fills_every_default():
     resolved = parse_spec(MINIMAL, source="a.yaml").to_dict()
     assert resolved["study"] == {
         "name": "a", "metric": "val_accuracy", "direction": "maximize", "n_trials": 20, "timeout": None,
-        "sampler": {"name": "tpe", "seed": 0}, "pruner": {"name": "median", "n_warmup_steps": 1}, "storage": None,
+        "sampler": {"name": "tpe", "seed": 0}, "pruner": {"name": "median", "n_warmup_steps": 2}, "storage": None,
     }
     assert resolved["task"]["data"] == {
         "name": "fake", "root": "data", "val_fraction": 0.1, "image_size": None, "download": False,
