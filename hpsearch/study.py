@@ -35,7 +35,6 @@ ATTR_WORKER_PID = "hpsearch.worker_pid"
 ATTR_OWNER_START = "hpsearch.owner_started"
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_RETRY_OF = "hpsearch.retry_of"
-ATTR_RETRIED = "hpsearch.retried"
 
 
 def open_storage(url: str | None) -> BaseStorage:
@@ -158,24 +157,31 @@ def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
     return reaped
 
 
+def _retried_numbers(study: optuna.Study) -> set[int]:
+    return {t.user_attrs[ATTR_RETRY_OF] for t in study.get_trials(deepcopy=False) if ATTR_RETRY_OF in t.user_attrs}
+
+
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Enqueue a single retry of a failed trial with the same parameters; a retry is never retried again."""
-    if ATTR_RETRY_OF in trial.user_attrs or trial.user_attrs.get(ATTR_RETRIED):
+    """Enqueue a single retry of a failed trial with the same parameters; a retry is never retried again.
+
+    Whether a trial was retried is read from the retries themselves (a finished trial is immutable).
+    """
+    if ATTR_RETRY_OF in trial.user_attrs or trial.number in _retried_numbers(study):
         return False
-    study._storage.set_trial_user_attr(trial._trial_id, ATTR_RETRIED, True)
     study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial.number}, skip_if_exists=False)
     return True
 
 
 def retry_candidates(study: optuna.Study) -> list[FrozenTrial]:
     """FAIL trials that died for reasons outside the trial itself (killed, reaped, interrupted), not yet retried."""
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        kind = t.user_attrs.get("hpsearch.fail_kind")
-        if kind in ("killed", "reaped", "interrupted") and not t.user_attrs.get(ATTR_RETRIED):
-            if ATTR_RETRY_OF not in t.user_attrs:
-                out.append(t)
-    return out
+    retried = _retried_numbers(study)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("hpsearch.fail_kind") in ("killed", "reaped", "interrupted")
+        and ATTR_RETRY_OF not in t.user_attrs
+        and t.number not in retried
+    ]
 
 
 # ---- the study most recently run from this folder ----
