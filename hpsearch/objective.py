@@ -215,6 +215,8 @@ def run_trial(ctx: TrialContext, trial_id: int) -> TrialOutcome:
     from hpsearch.train import NonFiniteLoss
 
     spec, study = ctx.spec, ctx.study
+    # The parent created this trial: refresh the storage's cache (RDB storages keep one) so it knows it.
+    study.get_trials(deepcopy=False)
     trial = optuna.trial.Trial(study, trial_id)
     number = trial.number
     started = time.perf_counter()

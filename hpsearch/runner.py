@@ -43,7 +43,8 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
 
     study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
-    parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
+    with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
+        parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
     study_mod.remember_last_run(
         study_mod.LastRun(spec.study.name, storage_url, spec.tracking.uri, spec.source)
     )

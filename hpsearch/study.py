@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import UsageError
+from hpsearch.locks import file_lock, postgres_lock
 
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = str(STUDIES_DIR / "journal.log")
@@ -45,8 +47,10 @@ def open_storage(url: str | None) -> BaseStorage:
 
         return optuna.storages.JournalStorage(JournalRedisBackend(url))
     if "://" in url:
-        # Pool pre-ping keeps long searches alive across database restarts.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        # Machines started together on an empty database would race to create Optuna's tables.
+        with budget_lock(url, "schema"):
+            # Pool pre-ping keeps long searches alive across database restarts.
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     path = Path(url).resolve()  # absolute: a later chdir must not move the study
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -76,10 +80,14 @@ def create_or_resume(spec, sampler, pruner, storage_url: str | None) -> tuple[op
         study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
         resumed = True
     except KeyError:
-        study = optuna.create_study(
-            study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner, direction=direction
-        )
-        resumed = False
+        try:
+            study = optuna.create_study(
+                study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner, direction=direction
+            )
+            resumed = False
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago
+            study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
+            resumed = True
     if study.direction.name.lower() != direction:
         raise UsageError(
             f"study.direction: study {spec.study.name!r} already exists with direction "
@@ -90,6 +98,27 @@ def create_or_resume(spec, sampler, pruner, storage_url: str | None) -> tuple[op
     study.set_user_attr("hpsearch.spec", spec.to_dict())
     study.set_user_attr("hpsearch.metric", spec.study.metric)
     return study, resumed
+
+
+@contextmanager
+def budget_lock(storage_url: str | None, study_name: str):
+    """Make "count the finished and running trials, then ask one more" atomic across processes.
+
+    Several `hpsearch run` processes (on one machine, or on several sharing PostgreSQL) may work on
+    one study; without this, two of them can both see one trial left and both start it. Journal
+    files use a lock file beside the journal; PostgreSQL an advisory lock keyed by the study name.
+    Other storages (SQLite, MySQL, Redis) run unlocked: at worst one trial over the budget per
+    extra process.
+    """
+    url = storage_url or DEFAULT_STORAGE
+    if "://" not in url:
+        with file_lock(Path(url).resolve().with_suffix(f".{study_name}.lock")):
+            yield
+    elif url.startswith("postgresql"):
+        with postgres_lock(url, study_name):
+            yield
+    else:
+        yield
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:

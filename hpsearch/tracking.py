@@ -21,6 +21,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_DIR = "checkpoints"
@@ -89,7 +90,13 @@ def resolve_uri(uri: str) -> str:
 def client_for(uri: str) -> MlflowClient:
     uri = resolve_uri(uri)
     prepare_local_store(uri)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    from hpsearch.locks import file_lock
+
+    # Opening the store creates or migrates its tables: processes started together must take turns.
+    with file_lock(uri[len("sqlite:///"):] + ".init.lock"):
+        return MlflowClient(tracking_uri=uri)
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
@@ -105,7 +112,10 @@ class StudyTracker:
         self.client = client_for(uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            self.experiment_id = self.client.create_experiment(experiment)
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except MlflowException:  # another process created it a moment ago
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)

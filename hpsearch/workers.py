@@ -74,6 +74,11 @@ def plan_slots(devices, trials_per_device: int, gpu_count: int | None = None, cp
     cores = cpu_count or os.cpu_count() or 1
     n_cpu_slots = trials_per_device if None in gpus else 0
     threads = max(1, cores // n_cpu_slots) if n_cpu_slots else None
+    # An explicit OMP_NUM_THREADS caps it: several runs sharing a machine must not oversubscribe
+    # the cores (OpenMP threads spinning at a barrier for a descheduled peer cost up to 6x here).
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if threads and cap.isdigit() and int(cap) > 0:
+        threads = min(threads, int(cap))
     slots = []
     for gpu in gpus:
         for _ in range(trials_per_device):
@@ -383,8 +388,10 @@ class Orchestrator:
                 else:
                     for handle in self.workers.values():
                         if handle.ready and handle.trial_id is None and may_start:
-                            self._dispatch(handle)
-                            done, may_start = self._budget_left()
+                            with study_mod.budget_lock(self.storage_url, self.study.study_name):
+                                done, may_start = self._budget_left()  # fresh, under the lock
+                                if may_start:
+                                    self._dispatch(handle)
                 self._drain_events(self.POLL_SECONDS)
                 self.live.refresh()
             interrupted = self.stop_requested and self.fatal is None

@@ -66,7 +66,7 @@ def test_validate_prints_the_resolved_space(capsys, write_space):
     code, out, err = call(capsys, "validate", str(write_space()))
     assert code == 0, err
     assert "valid" in out and "sampler:" in out and "searching 2 hyperparameter(s)" in out
-    assert "lr: float in [0.001, 0.01], log" in out
+    assert "lr: float in [0.003, 0.03], log" in out
 
 
 def test_train_refuses_a_file_with_a_search_space(capsys, write_space):

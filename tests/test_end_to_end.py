@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from hpsearch.cli import cli, main
 from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking import DEFAULT_TRACKING_URI
+from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_run_status_best_export_train(write_space, workdir):
     assert study.best_value > 0.3  # ten digit classes: chance is 0.1
 
     # MLflow: one parent, three nested children with params, tags, stepped metrics and checkpoints.
-    client = MlflowClient(DEFAULT_TRACKING_URI)
+    client = client_for(DEFAULT_TRACKING_URI)
     parents, children = child_runs(client, "tiny")
     assert len(parents) == 1 and len(children) == 3
     parent_id = parents[0].info.run_id
@@ -122,7 +122,7 @@ def test_resume_adds_only_missing_trials_and_keeps_one_parent(write_space, workd
     # a third run with the budget met trains nothing
     result = invoke("run", str(space), "--n-trials", "3")
     assert "running" not in result.output and "3/3 finished" in result.output
-    parents, children = child_runs(MlflowClient(DEFAULT_TRACKING_URI), "tiny")
+    parents, children = child_runs(client_for(DEFAULT_TRACKING_URI), "tiny")
     assert len(parents) == 1 and len(children) == 3
 
 
@@ -138,7 +138,7 @@ def test_pruned_trial_keeps_its_curve(write_space, workdir):
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
-    client = MlflowClient(DEFAULT_TRACKING_URI)
+    client = client_for(DEFAULT_TRACKING_URI)
     for t in study.trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.data.tags["hpsearch.state"] == "PRUNED" and run.info.status == "FINISHED"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from hpsearch import objective, tracking
 from hpsearch.objective import TrialContext, run_trial
@@ -63,7 +62,7 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
     frozen = context.study.trials[0]
     assert frozen.state == optuna.trial.TrialState.FAIL
     assert expected in frozen.user_attrs["fail_reason"]
-    client = MlflowClient(context.spec.tracking.uri)
+    client = tracking.client_for(context.spec.tracking.uri)
     run = client.get_run(frozen.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"  # never left RUNNING
     assert run.data.tags["hpsearch.state"] == "FAIL"

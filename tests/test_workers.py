@@ -30,10 +30,16 @@ def test_auto_uses_every_gpu_times_trials_per_device():
     assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1", "2", "2"]
 
 
-def test_auto_without_gpus_splits_the_cores_between_cpu_workers():
+def test_auto_without_gpus_splits_the_cores_between_cpu_workers(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     slots = plan_slots("auto", 2, gpu_count=0, cpu_count=8)
     assert [(s.gpu, s.threads) for s in slots] == [(None, 4), (None, 4)]
     assert slots[0].env() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}  # GPUs hidden
+
+
+def test_omp_num_threads_caps_cpu_workers(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert plan_slots("cpu", 1, gpu_count=0, cpu_count=8)[0].threads == 1
 
 
 def test_explicit_gpu_list_and_cpu():
