@@ -7,7 +7,8 @@
 1. Overhead: everything hpsearch does around a trial's training on the embedded stores (journal
    file + SQLite MLflow): ask, owner attributes, suggest, open the child run with its params,
    per-epoch report/prune check + metrics, the best checkpoint (a real MobileNetV2 state_dict),
-   close the run, tell. Baseline, measured in the same run: the hand-written glue it replaces —
+   close the run, tell. Reported as the time on the trial's own path (what delays the next trial)
+   and, separately, what is left to the background writer thread (checkpoint file, closing the run). Baseline, measured in the same run: the hand-written glue it replaces —
    MLflow's fluent API (`start_run(nested=True)`, `log_params`, `log_metric` per metric per epoch,
    `log_artifact`), the way most hand-written objectives log.
 2. Throughput: `hpsearch run` of a small real search (digits, ShuffleNetV2 at 16 px, 1 epoch per
@@ -76,7 +77,7 @@ def overhead(n_trials: int) -> dict:
                                     direction="maximize")
         tracker = tracking.StudyTracker("sqlite:///mlruns/mlflow.db", "bench")
         parent = tracker.parent_run("bench", {})
-        hpsearch_times = []
+        hpsearch_times, background_times = [], []
         for i in range(n_trials):
             t0 = time.perf_counter()
             asked = study.ask()
@@ -90,10 +91,14 @@ def overhead(n_trials: int) -> dict:
                 run.log_epoch(epoch, metrics)
                 trial.report(0.5 + 0.01 * epoch, epoch)
                 trial.should_prune()
-            run.log_checkpoint(weights)
-            run.finish("COMPLETE")
+            run.finish("COMPLETE", checkpoint=weights, wait=False)  # as a worker does
             study.tell(trial, 0.5)
             hpsearch_times.append(time.perf_counter() - t0)
+            # Let the writer thread finish this trial's writes before the next one is timed, as a
+            # trial's training would (it takes seconds): the row above is the trial's critical path.
+            t1 = time.perf_counter()
+            tracking.drain()
+            background_times.append(time.perf_counter() - t1)
 
         import mlflow
 
@@ -120,6 +125,7 @@ def overhead(n_trials: int) -> dict:
         os.chdir("/")
     skip = min(3, n_trials // 4)  # the first trials pay one-off costs (table creation, imports)
     results["hpsearch_ms_per_trial"] = statistics.median(hpsearch_times[skip:]) * 1000
+    results["hpsearch_background_ms_per_trial"] = statistics.median(background_times[skip:]) * 1000
     results["baseline_ms_per_trial"] = statistics.median(baseline_times[skip:]) * 1000
     results["ratio_baseline_over_hpsearch"] = results["baseline_ms_per_trial"] / results["hpsearch_ms_per_trial"]
     results["epochs_per_trial"] = EPOCHS
@@ -184,7 +190,8 @@ def main() -> None:
     if args.only in (None, "overhead"):
         r = results["overhead"] = overhead(args.trials)
         print(f"orchestration per trial ({EPOCHS} epochs, checkpoint of MobileNetV2): hpsearch "
-              f"{r['hpsearch_ms_per_trial']:.1f} ms, hand-written fluent MLflow glue {r['baseline_ms_per_trial']:.1f} ms "
+              f"{r['hpsearch_ms_per_trial']:.1f} ms on the trial's path (+{r['hpsearch_background_ms_per_trial']:.1f} ms "
+              f"left on the writer thread), hand-written fluent MLflow glue {r['baseline_ms_per_trial']:.1f} ms "
               f"({r['ratio_baseline_over_hpsearch']:.2f}x)")
     if args.only in (None, "throughput"):
         r = results["throughput_cpu"] = throughput(6, [1, 2])

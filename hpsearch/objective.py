@@ -278,23 +278,20 @@ def run_trial(ctx: TrialContext, trial_id: int) -> TrialOutcome:
 def _close_trial(ctx, trial, run, trainer, state, value, reason, kind) -> None:
     """Checkpoint (per policy), close the MLflow run, tell Optuna, free the device memory."""
     spec, study = ctx.spec, ctx.study
-    policy = spec.tracking.checkpoints
-    try:
-        if run is not None and trainer is not None and state != "FAIL" and policy != "none":
-            if policy == "all" or state == "COMPLETE":
-                best = trainer.best_state_dict_cpu()
-                if best is not None:
-                    run.log_checkpoint(best)
-    except Exception as exc:  # a checkpoint that cannot be written is a failed trial, said plainly
-        state, reason, kind = "FAIL", f"checkpoint upload failed: {exc}", "error"
+    checkpoint = None
+    if run is not None and trainer is not None and state != "FAIL" and spec.tracking.checkpoints != "none":
+        if spec.tracking.checkpoints == "all" or state == "COMPLETE":
+            checkpoint = trainer.best_state_dict_cpu()
+    if state == "COMPLETE" and value is None:
+        state, reason, kind = "FAIL", "the trainer produced no value", "error"
     if reason:
         study._storage.set_trial_user_attr(trial._trial_id, study_mod.ATTR_FAIL_REASON, reason.splitlines()[0])
         study._storage.set_trial_user_attr(trial._trial_id, "hpsearch.fail_kind", kind)
     if run is not None:
-        status = "KILLED" if kind == "interrupted" else None
-        run.finish(state, reason, status=status)
-    if state == "COMPLETE" and value is None:
-        state, reason = "FAIL", "the trainer produced no value"
+        interrupted = kind == "interrupted"
+        # Closing the run (and writing the checkpoint) goes to the writer thread, except when the
+        # worker is about to exit.
+        run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted)
     if state == "COMPLETE":
         study.tell(trial, value)
     elif state == "PRUNED":

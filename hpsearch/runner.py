@@ -70,6 +70,9 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         summary = orchestrator.run(spec.study.timeout)
     finally:
         live.close()
+        # A worker killed while closing a finished trial's run leaves it RUNNING: close it now.
+        states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        tracking.close_stale_runs(spec.tracking.uri, study_tracker.experiment_id, states)
         best = {}
         if study_mod.count_states(study)[TrialState.COMPLETE]:
             best = {f"best_{spec.study.metric}": study.best_trial.value}

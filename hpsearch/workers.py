@@ -140,10 +140,10 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
                 break
             outcome = run_trial(ctx, trial_id)
             events.put((slot.index, {"event": "done", "trial": outcome.number, "state": outcome.state}))
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         pass
-    except KeyboardInterrupt:
-        pass
+    finally:
+        tracking.drain()  # runs closed on the writer thread are closed before the worker exits
 
 
 def _warm_up(spec, device: str) -> str | None:

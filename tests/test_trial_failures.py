@@ -58,6 +58,7 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
         first = context.study.ask()
         outcome = run_trial(context, first._trial_id)
     assert outcome.state == "FAIL" and expected in outcome.reason
+    tracking.drain()  # the worker closes runs on its writer thread
 
     frozen = context.study.trials[0]
     assert frozen.state == optuna.trial.TrialState.FAIL
@@ -100,3 +101,24 @@ def test_when_condition_only_suggests_under_its_condition(write_space):
         assert ("momentum" in params) == (params["optimizer"] == "sgd")
         study.tell(trial, 0.0)
     assert seen == {"sgd", "adamw"}
+
+
+def test_a_finished_trial_releases_its_model_and_trainer(context, monkeypatch):
+    """A worker runs trial after trial: nothing of a finished trial's model may stay alive."""
+    import gc
+    import weakref
+
+    refs = []
+    real = objective.build_trainer
+
+    def build(spec, hp, device, seed):
+        trainer, data = real(spec, hp, device, seed)
+        refs.extend([weakref.ref(trainer), weakref.ref(trainer.model)])
+        return trainer, data
+
+    monkeypatch.setattr(objective, "build_trainer", build)
+    for _ in range(2):
+        assert run_trial(context, context.study.ask()._trial_id).state == "COMPLETE"
+    tracking.drain()
+    gc.collect()
+    assert len(refs) == 4 and all(r() is None for r in refs)
