@@ -89,6 +89,8 @@ class LiveView:
         elif kind == "epoch":
             s.epoch, s.epochs = event["epoch"], event["epochs"]
             s.images_per_second, s.value = event["images_per_second"], event[self.metric]
+            if self._live is not None:
+                return  # the table shows the epoch; keep the scrollback to starts and ends
             self._line(
                 f"[{s.label}#{slot.index}] trial {event['trial']} epoch {s.epoch}/{s.epochs} "
                 f"{self.metric}={_fmt(s.value)} {s.images_per_second:,.0f} img/s"
@@ -135,7 +137,10 @@ class LiveView:
     def _table(self):
         from rich.table import Table
 
-        table = Table(title=self._counts_text(), title_justify="left")
+        from rich.console import Group
+        from rich.text import Text
+
+        table = Table()
         for col in ("slot", "device", "trial", "epoch", "img/s", self.metric):
             table.add_column(col)
         for index, s in sorted(self.slots.items()):
@@ -147,4 +152,4 @@ class LiveView:
                 "-" if s.images_per_second is None else f"{s.images_per_second:,.0f}",
                 _fmt(s.value),
             )
-        return table
+        return Group(Text(self._counts_text()), table)

@@ -137,11 +137,20 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (None if there is no such process): a pid plus this names one process."""
     try:
         import psutil
-
+    except ImportError:  # psutil is a dependency; without it, existence is all we can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    try:
         return psutil.Process(pid).create_time()
-    except Exception:
+    except psutil.Error:
         return None
 
 
