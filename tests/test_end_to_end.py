@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import optuna
 import pytest
@@ -152,3 +153,15 @@ def test_pruned_trial_keeps_its_curve(write_space, workdir):
     with pytest.raises(SystemExit) as exc:
         main(["best"])
     assert exc.value.code == 2
+
+
+def test_timeout_stops_starting_trials_and_keeps_what_finished(write_space, workdir):
+    space = write_space({"study": {"n_trials": 50}, "train": {"epochs": 1}})
+    started = time.monotonic()
+    result = invoke("run", str(space), "--timeout", "15s")
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 15 + 30  # the timeout, worker start-up and one last trial
+    assert "stopped by --timeout" in result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
+    # trials running when the time ran out finish; none starts after it (a trial takes seconds here)
+    assert 1 <= len(study.trials) < 50 and all(t.state.is_finished() for t in study.trials)

@@ -163,3 +163,36 @@ def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, w
     retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].params == interrupted.params
     assert_nothing_left_running(workdir)
+
+
+@pytest.mark.slow
+def test_a_run_killed_outright_is_reaped_and_retried_by_the_next_run(write_space, workdir):
+    """kill -9 of the whole run (parent and workers) leaves a RUNNING trial; the next run repairs it."""
+    space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 6}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert load(workdir).trials[victim.number].state == TrialState.RUNNING  # nobody closed it
+
+    result = run_cli("run", str(space), "--train-epochs-do-not-exist", cwd=workdir)
+    assert result.returncode == 2  # a bad option changes nothing: the trial is still RUNNING
+    assert load(workdir).trials[victim.number].state == TrialState.RUNNING
+
+    result = run_cli("run", str(space), cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reaped 1 orphaned trial" in result.stdout
+    study = load(workdir)
+    reaped = study.trials[victim.number]
+    assert reaped.state == TrialState.FAIL and "worker process was gone" in reaped.user_attrs["fail_reason"]
+    retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == reaped.params
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    assert client.get_run(reaped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert_nothing_left_running(workdir)
