@@ -42,11 +42,6 @@ class InterruptGuard:
         else:
             raise Interrupted()
 
-    def end_critical(self) -> None:
-        self.critical = False
-        if self.pending:
-            raise Interrupted()
-
 
 GUARD = InterruptGuard()
 

@@ -14,6 +14,7 @@ from hpsearch.workers import Orchestrator, RunSummary, plan_slots
 
 
 def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
+    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
     study, resumed = study_mod.create_or_resume(
         spec, build_sampler(spec.study.sampler, spec.search_space), build_pruner(spec.study.pruner), storage_url
@@ -49,7 +50,6 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         study_mod.LastRun(spec.study.name, storage_url, spec.tracking.uri, spec.source)
     )
 
-    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)
     live = LiveView(spec.study.metric, spec.study.direction, n)
     if interactive is not None:
         live.interactive = interactive

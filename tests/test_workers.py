@@ -196,3 +196,26 @@ def test_a_run_killed_outright_is_reaped_and_retried_by_the_next_run(write_space
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     assert client.get_run(reaped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert_nothing_left_running(workdir)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once(write_space, workdir):
+    space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 8}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert stopped_in < 5, stopped_in
+    assert load(workdir).trials[victim.number].state == TrialState.FAIL
+    assert_nothing_left_running(workdir)
