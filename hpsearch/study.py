@@ -34,6 +34,7 @@ ATTR_RUN_ID = "mlflow_run_id"
 ATTR_HOST = "hpsearch.host"
 ATTR_OWNER_PID = "hpsearch.owner_pid"
 ATTR_WORKER_PID = "hpsearch.worker_pid"
+ATTR_HEARTBEAT = "hpsearch.heartbeat"
 ATTR_OWNER_START = "hpsearch.owner_started"
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_RETRY_OF = "hpsearch.retry_of"
@@ -159,11 +160,28 @@ def owner_attrs() -> dict[str, Any]:
     return {ATTR_HOST: socket.gethostname(), ATTR_OWNER_PID: pid, ATTR_OWNER_START: process_start_time(pid)}
 
 
-def owner_is_alive(trial: FrozenTrial) -> bool | None:
-    """True/False for a trial owned on this host; None when it is owned elsewhere (we cannot tell)."""
+HEARTBEAT_SECONDS = 30.0
+# A trial owned by another machine is presumed dead when its owner has not beaten for this long.
+STALE_AFTER_SECONDS = 600.0
+
+
+def owner_is_alive(trial: FrozenTrial, now: float | None = None) -> bool:
+    """Whether the process that owns a RUNNING trial is still there.
+
+    On this host: the owner's pid exists and started when recorded (a recycled pid does not count).
+    On another host we cannot look at processes: the owner beats a heartbeat into the trial every
+    HEARTBEAT_SECONDS, and a trial whose heartbeat is older than STALE_AFTER_SECONDS is orphaned.
+    """
     attrs = trial.user_attrs
-    if attrs.get(ATTR_HOST) != socket.gethostname():
-        return None if ATTR_HOST in attrs else False
+    if ATTR_HOST not in attrs:
+        # Owners are recorded right after `ask`; give a trial that young the benefit of the doubt.
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return (now or time.time()) - started < 60.0
+    if attrs[ATTR_HOST] != socket.gethostname():
+        last = attrs.get(ATTR_HEARTBEAT)
+        if last is None and trial.datetime_start is not None:
+            last = trial.datetime_start.timestamp()
+        return last is not None and (now or time.time()) - last < STALE_AFTER_SECONDS
     pid = attrs.get(ATTR_OWNER_PID)
     if not isinstance(pid, int):
         return False
@@ -171,8 +189,17 @@ def owner_is_alive(trial: FrozenTrial) -> bool | None:
     if started is None:
         return False
     recorded = attrs.get(ATTR_OWNER_START)
-    # A recycled pid belongs to a process that started later than the recorded owner.
     return recorded is None or abs(started - recorded) < 1.0
+
+
+def beat(study: optuna.Study, trial_ids) -> None:
+    """Record that this process still owns these RUNNING trials (read by other machines)."""
+    now = time.time()
+    for trial_id in trial_ids:
+        try:
+            study._storage.set_trial_user_attr(trial_id, ATTR_HEARTBEAT, now)
+        except (RuntimeError, ValueError):
+            pass  # finished meanwhile
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, kind: str) -> None:
@@ -186,11 +213,11 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, kind: str) 
 
 
 def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
-    """Mark FAIL every RUNNING trial whose owning process on this host is gone; returns them."""
+    """Mark FAIL every RUNNING trial whose owner is gone (see owner_is_alive); returns them."""
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if owner_is_alive(t) is False:
-            fail_trial(study, t, "its worker process was gone (found at start of a later run)", "reaped")
+        if not owner_is_alive(t):
+            fail_trial(study, t, "its worker process was gone (found by a later run)", "reaped")
             reaped.append(t)
     return reaped
 

@@ -218,6 +218,7 @@ class Orchestrator:
         self.hard_stop = False
         self.fatal: str | None = None
         self.failures_in_a_row = 0
+        self.last_beat = time.monotonic()
         self.incarnations = 0
 
     # ---- signals
@@ -322,6 +323,7 @@ class Orchestrator:
         """Every trial failing in a row means a broken setup, not bad luck: stop instead of spinning."""
         if state != "FAIL":
             self.failures_in_a_row = 0
+        self.last_beat = time.monotonic()
             return
         self.failures_in_a_row += 1
         limit = max(self.MIN_FAILURES_IN_A_ROW, 2 * len(self.slots))
@@ -342,6 +344,21 @@ class Orchestrator:
             except queue.Empty:
                 return
             self._handle_event(index, event)
+
+    def _keep_alive(self, busy: list[WorkerHandle], may_start: bool) -> None:
+        """Beat the heartbeat of our trials; when waiting on others' trials, reap the dead ones."""
+        now = time.monotonic()
+        if now - self.last_beat < study_mod.HEARTBEAT_SECONDS:
+            return
+        self.last_beat = now
+        study_mod.beat(self.study, [h.trial_id for h in busy])
+        if not may_start:  # the budget waits on RUNNING trials: some may belong to a dead machine
+            for t in study_mod.reap_orphans(self.study):
+                run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
+                if run_id:
+                    tracking.close_killed_run(self.tracking_uri, run_id, "its owner stopped beating")
+                self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
+                study_mod.enqueue_retry(self.study, self.study._storage.get_trial(t._trial_id))
 
     def _stop_workers(self) -> None:
         """Stop every worker: idle ones are told to exit, busy ones get SIGTERM and fail their trial."""
@@ -393,6 +410,7 @@ class Orchestrator:
                                 if may_start:
                                     self._dispatch(handle)
                 self._drain_events(self.POLL_SECONDS)
+                self._keep_alive(busy, may_start)
                 self.live.refresh()
             interrupted = self.stop_requested and self.fatal is None
             self._stop_workers()
