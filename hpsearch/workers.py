@@ -323,7 +323,6 @@ class Orchestrator:
         """Every trial failing in a row means a broken setup, not bad luck: stop instead of spinning."""
         if state != "FAIL":
             self.failures_in_a_row = 0
-        self.last_beat = time.monotonic()
             return
         self.failures_in_a_row += 1
         limit = max(self.MIN_FAILURES_IN_A_ROW, 2 * len(self.slots))
