@@ -85,6 +85,31 @@ def running_trial_with_an_epoch(workdir):
     return None
 
 
+def start_run_until_mid_trial(space, workdir, **popen):
+    """`hpsearch run SPACE` in the background; returns it and the first trial seen mid-training."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir, **popen)
+    try:
+        return proc, wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
+    except BaseException:
+        proc.kill()
+        raise
+
+
+def interrupt(proc, times: int = 1) -> tuple[str, float]:
+    """Send Ctrl-C `times` times; returns the run's output and how long it took to exit after."""
+    for i in range(times):
+        if i:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return output, time.monotonic() - started
+
+
 def assert_nothing_left_running(workdir):
     study = load(workdir)
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -109,12 +134,8 @@ def test_two_cpu_workers_share_one_study_and_meet_the_budget_exactly(write_space
 @pytest.mark.slow
 def test_a_killed_worker_fails_its_trial_which_is_retried_and_the_budget_is_met(write_space, workdir):
     space = write_space({"study": {"n_trials": 3}, "train": {"epochs": 6}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc, victim = start_run_until_mid_trial(space, workdir)
     try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
         os.kill(victim.user_attrs["hpsearch.worker_pid"], signal.SIGKILL)
         output, _ = proc.communicate(timeout=600)
     finally:
@@ -137,18 +158,8 @@ def test_a_killed_worker_fails_its_trial_which_is_retried_and_the_budget_is_met(
 @pytest.mark.slow
 def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, workdir):
     space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 8}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
-        proc.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        output, _ = proc.communicate(timeout=60)
-        stopped_in = time.monotonic() - started
-    finally:
-        proc.kill()
+    proc, victim = start_run_until_mid_trial(space, workdir)
+    output, stopped_in = interrupt(proc)
     assert proc.returncode == 130, output
     assert stopped_in < 15, stopped_in
     assert "run the same command again to resume" in output
@@ -169,15 +180,11 @@ def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, w
 def test_a_run_killed_outright_is_reaped_and_retried_by_the_next_run(write_space, workdir):
     """kill -9 of the whole run (parent and workers) leaves a RUNNING trial; the next run repairs it."""
     space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 6}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc, victim = start_run_until_mid_trial(
+        space, workdir, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
     assert load(workdir).trials[victim.number].state == TrialState.RUNNING  # nobody closed it
 
     result = run_cli("run", str(space), "--train-epochs-do-not-exist", cwd=workdir)
@@ -201,20 +208,8 @@ def test_a_run_killed_outright_is_reaped_and_retried_by_the_next_run(write_space
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(write_space, workdir):
     space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 8}})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        victim = wait_for(lambda: running_trial_with_an_epoch(workdir), 240, "a trial mid-training")
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        output, _ = proc.communicate(timeout=60)
-        stopped_in = time.monotonic() - started
-    finally:
-        proc.kill()
+    proc, victim = start_run_until_mid_trial(space, workdir)
+    output, stopped_in = interrupt(proc, times=2)
     assert proc.returncode == 130, output
     assert stopped_in < 5, stopped_in
     assert load(workdir).trials[victim.number].state == TrialState.FAIL
