@@ -6,6 +6,8 @@ import pytest
 
 from hpsearch.cli import main
 
+from conftest import REPO
+
 
 def call(capsys, *argv: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exc:
@@ -79,3 +81,10 @@ def test_help_lists_every_command(capsys):
     assert code == 0
     for command in ("run", "validate", "status", "best", "train", "ui"):
         assert command in out
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in REPO.glob("*/*.yaml") if p.parent.name in ("spaces", "examples")))
+def test_every_shipped_space_validates(capsys, path):
+    code, out, err = call(capsys, "validate", path)
+    assert code == 0, err
+    assert "valid" in out
