@@ -10,7 +10,7 @@ from hpsearch import tracking
 from hpsearch.live import LiveView
 from hpsearch.registry import build_pruner, build_sampler
 from hpsearch.spec import Spec
-from hpsearch.workers import Orchestrator, RunSummary, plan_slots
+from hpsearch.workers import Orchestrator, RunSummary, plan_slots, reap_and_close
 
 
 def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
@@ -23,11 +23,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
     # fail what is still open, then retry each once with the same parameters.
-    reaped = study_mod.reap_orphans(study)
-    for t in reaped:
-        run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
-        if run_id:
-            tracking.close_killed_run(spec.tracking.uri, run_id, "its worker process was gone")
+    reaped = reap_and_close(study, spec.tracking.uri)
     retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
 
     counts = study_mod.count_states(study)

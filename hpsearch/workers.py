@@ -167,6 +167,16 @@ def _warm_up(spec, device: str) -> str | None:
 # ------------------------------------------------------------------------------------------ parent
 
 
+def reap_and_close(study: optuna.Study, tracking_uri: str) -> list:
+    """Fail the RUNNING trials whose owner is gone and close their MLflow runs as KILLED."""
+    reaped = study_mod.reap_orphans(study)
+    for t in reaped:
+        run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
+        if run_id:
+            tracking.close_killed_run(tracking_uri, run_id, "its worker process was gone")
+    return reaped
+
+
 @dataclass
 class WorkerHandle:
     slot: Slot
@@ -352,12 +362,9 @@ class Orchestrator:
         self.last_beat = now
         study_mod.beat(self.study, [h.trial_id for h in busy])
         if not may_start:  # the budget waits on RUNNING trials: some may belong to a dead machine
-            for t in study_mod.reap_orphans(self.study):
-                run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
-                if run_id:
-                    tracking.close_killed_run(self.tracking_uri, run_id, "its owner stopped beating")
+            for t in reap_and_close(self.study, self.tracking_uri):
                 self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
-                study_mod.enqueue_retry(self.study, self.study._storage.get_trial(t._trial_id))
+                study_mod.enqueue_retry(self.study, t)
 
     def _stop_workers(self) -> None:
         """Stop every worker: idle ones are told to exit, busy ones get SIGTERM and fail their trial."""
