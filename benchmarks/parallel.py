@@ -14,6 +14,11 @@
 2. Throughput: `hpsearch run` of a small real search (digits, ShuffleNetV2 at 16 px, 1 epoch per
    trial) with 1 and then 2 CPU worker processes; trials per hour and the ratio.
 3. GPU (CUDA only): aggregate training images/s of MobileNetV2 at 32 px for trials_per_device 1, 2, 4.
+4. CPU slots (`--only cpu-slots`): how to split the cores between trials. Every layout of N worker
+   processes x T threads with N x T = cores: (a) aggregate training images/s of MobileNetV2 on
+   CIFAR-shaped data (32 px, batch 128, SGD), N processes training at once; (b) the quickstart
+   (spaces/quickstart.yaml as shipped) run with `trials_per_device: N`: wall time, trials/hour, epochs
+   trained/minute and the best value. `resources.trials_per_device: auto` follows what this measured.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 EPOCHS = 5
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _machine() -> str:
@@ -142,7 +148,8 @@ SMALL_SPACE = {
 }
 
 
-def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: dict | None = None) -> dict:
+def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: dict | None = None,
+               details: bool = False) -> dict:
     from hpsearch.runner import run_study
     from hpsearch.spec import parse_spec
 
@@ -159,10 +166,21 @@ def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: d
                 t0 = time.perf_counter()
                 summary = run_study(spec, interactive=False)
                 seconds = time.perf_counter() - t0
+                if details:  # epochs actually trained (pruned trials stop early) and the best value
+                    import optuna
+
+                    from hpsearch.study import open_storage
+
+                    trials = optuna.load_study(study_name=spec.study.name,
+                                               storage=open_storage(spec.study.storage)).trials
+                    epochs = sum(len(t.intermediate_values) for t in trials)
             finally:
                 os.chdir(cwd)
         out[f"{k}_workers"] = {"seconds": seconds, "trials": summary.finished,
                                "trials_per_hour": summary.finished / seconds * 3600}
+        if details:
+            out[f"{k}_workers"].update(epochs=epochs, epochs_per_minute=epochs / seconds * 60,
+                                       best_value=summary.best_value)
     base = out[f"{workers[0]}_workers"]["trials_per_hour"]
     for k in workers:
         out[f"{k}_workers"]["ratio"] = out[f"{k}_workers"]["trials_per_hour"] / base
@@ -178,9 +196,69 @@ GPU_SPACE = {
 }
 
 
+def _mnv2_worker(threads: int, steps: int, barrier, results) -> None:
+    """One process of a layout: MobileNetV2 on CIFAR-shaped data; the second epoch's images/s."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from hpsearch.data import DataConfig, load_data
+    from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from hpsearch.params import HParams
+    from hpsearch.train import Trainer, seed_everything
+
+    batch = 128
+    task = load_data(DataConfig("fake", samples=int(steps * batch / 0.98) + 10, val_fraction=0.02), "cpu",
+                     IMAGENET_MEAN, IMAGENET_STD)
+    seed_everything(0)
+    trainer = Trainer(build_model("mobilenet_v2", 10), task,
+                      HParams(lr=0.01, batch_size=batch, epochs=2, optimizer="sgd", momentum=0.9), device="cpu")
+    barrier.wait()  # every process of the layout trains at the same time
+    results.put(trainer.fit()[1].images_per_second)
+
+
+def layouts(cores: int) -> list[tuple[int, int]]:
+    """(processes, threads each) for every split of the cores: 1 x cores ... cores x 1."""
+    return [(n, cores // n) for n in range(1, cores + 1) if cores % n == 0]
+
+
+def cpu_slots(cores: int, steps: int, quickstart_trials: int | None) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out: dict = {"cores": cores, "mnv2_cifar": {}, "quickstart": {}}
+    for n, t in layouts(cores):
+        barrier, results = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_mnv2_worker, args=(t, steps, barrier, results)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        per_process = [results.get(timeout=1800) for _ in procs]
+        for p in procs:
+            p.join()
+        out["mnv2_cifar"][f"{n}x{t}"] = {"images_per_second": sum(per_process), "per_process": per_process}
+    base = out["mnv2_cifar"][f"1x{cores}"]["images_per_second"]
+    for v in out["mnv2_cifar"].values():
+        v["ratio"] = v["images_per_second"] / base
+
+    import yaml
+
+    space = yaml.safe_load((REPO / "spaces" / "quickstart.yaml").read_text())
+    if quickstart_trials:
+        space["study"]["n_trials"] = quickstart_trials
+    space["resources"]["devices"] = "cpu"
+    for n, t in layouts(cores):
+        r = throughput(space["study"]["n_trials"], [n], space=space, details=True)[f"{n}_workers"]
+        out["quickstart"][f"{n}x{t}"] = r
+    base = out["quickstart"][f"1x{cores}"]["trials_per_hour"]
+    for v in out["quickstart"].values():
+        v["ratio"] = v["trials_per_hour"] / base
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["overhead", "throughput", "gpu"], default=None)
+    parser.add_argument("--only", choices=["overhead", "throughput", "gpu", "cpu-slots"], default=None)
+    parser.add_argument("--steps", type=int, default=12, help="training steps per epoch for cpu-slots (a)")
+    parser.add_argument("--quickstart-trials", type=int, default=None, help="override the quickstart's n_trials")
     parser.add_argument("--trials", type=int, default=20, help="trials for the overhead measurement")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
@@ -205,6 +283,15 @@ def main() -> None:
                 print(f"trials_per_device {k}: {v['seconds']:.1f}s, ~{imgs / v['seconds']:,.0f} train img/s aggregate ({v['ratio']:.2f}x)")
         else:
             print("gpu: no CUDA device here; skipped")
+    if args.only == "cpu-slots":  # minutes of CPU: only when asked for
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        r = results["cpu_slots"] = cpu_slots(cores, args.steps, args.quickstart_trials)
+        for layout, v in r["mnv2_cifar"].items():
+            print(f"MobileNetV2 CIFAR-shaped, {layout} (processes x threads): {v['images_per_second']:.0f} img/s "
+                  f"aggregate ({v['ratio']:.2f}x)")
+        for layout, v in r["quickstart"].items():
+            print(f"quickstart, {layout}: {v['trials']} trials in {v['seconds']:.1f}s = {v['trials_per_hour']:.0f} "
+                  f"trials/h ({v['ratio']:.2f}x), {v['epochs_per_minute']:.1f} epochs/min, best {v['best_value']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -94,7 +94,8 @@ def cli() -> None:
 @click.option("--n-trials", type=int, default=None, help="Finished trials the study must hold (overrides study.n_trials).")
 @click.option("--timeout", default=None, help="Stop starting trials after this long: 90s, 30m, 8h (overrides study.timeout).")
 @click.option("--devices", default=None, help="auto | cpu | GPU indices like 0,1 (overrides resources.devices).")
-@click.option("--trials-per-device", type=int, default=None, help="Worker processes per device.")
+@click.option("--trials-per-device", default=None,
+              help="Worker processes per device: auto or a number (overrides resources.trials_per_device).")
 @click.option("--study-name", default=None, help="Study name (overrides study.name).")
 @click.option("--seed", type=int, default=None, help="Sampler seed (overrides study.sampler.seed).")
 @storage_options

@@ -87,7 +87,9 @@ class _Pipeline:
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=size < x.shape[-1])
-        return x.contiguous()
+        # In whatever layout the ops made (channels_last after crop_flip): the consumer converts to its
+        # own memory format, once, instead of this converting to NCHW and the trainer back again.
+        return x
 
     def _draw(self, n: int, generator: torch.Generator | None):
         """Per-image crop offsets in [0, 2·PAD] and flip flags, drawn from `generator`."""
@@ -140,7 +142,7 @@ class TensorSplit:
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                 drop_last: bool = False, generator: torch.Generator | None = None,
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(x float32 normalised NCHW, y int64), both on the device.
+        """(x float32 normalised, N×C×H×W in whatever layout the pipeline made, y int64), on the device.
 
         drop_last keeps every batch the same shape (CUDA graphs need that); a split smaller than
         one batch gives one batch of the whole split rather than none.
@@ -150,11 +152,29 @@ class TensorSplit:
         order = _permutation(n, generator, self.images.device) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         device = self.pipeline.device
+        # Streamed from pinned host memory: gather shuffled batches into pinned memory too, or the
+        # non_blocking copies below would be synchronous (pageable memory).
+        pin = device.type == "cuda" and not self.images.is_cuda and self.images.is_pinned()
         for start in range(0, stop, batch_size):
             idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            x = self.images[idx].to(device, non_blocking=True)
-            y = self.labels[idx].to(device, non_blocking=True)
+            x = self.take_rows(self.images, idx, pin).to(device, non_blocking=True)
+            y = self.take_rows(self.labels, idx, pin).to(device, non_blocking=True)
             yield self.pipeline(x, augment, generator), y
+
+    @staticmethod
+    def take_rows(source: torch.Tensor, idx: torch.Tensor | slice, pin: bool) -> torch.Tensor:
+        """source[idx] along dim 0; an index tensor's rows gathered into fresh pinned memory when `pin`
+        (a slice is a view of source, so pinned when source is).
+
+        Fresh rather than one reused buffer: torch's caching host allocator hands a pinned block out
+        again only once the asynchronous copies recorded on it have finished, so a batch still being
+        copied to the device is never overwritten by the next, and after the first batches the
+        allocation comes from its cache.
+        """
+        if not pin or isinstance(idx, slice):
+            return source[idx]
+        out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, idx, out=out)
 
 
 class _ImageFiles(torch.utils.data.Dataset):

@@ -153,7 +153,7 @@ def load_task_data(spec: Spec, device: str):
         augment=d.augment,
         num_classes=d.num_classes,
         samples=d.samples,
-        in_memory=d.in_memory,
+        in_memory=d.in_memory if isinstance(d.in_memory, str) else str(d.in_memory).lower(),
         split_seed=spec.study.seed,
     )
     return data_mod.load_data(cfg, device, mean, std)
@@ -264,7 +264,8 @@ def run_trial(ctx: TrialContext, trial_id: int) -> TrialOutcome:
         finally:
             GUARD.critical = False
     outcome = TrialOutcome(number, state, value, reason, time.perf_counter() - started)
-    ctx.on_event({"event": "end", "trial": number, "state": state, "value": value, "reason": reason})
+    ctx.on_event({"event": "end", "trial": number, "state": state, "value": value, "reason": reason,
+                  "kind": kind if state == "FAIL" else None})
     if kind == "interrupted" or GUARD.pending:
         raise Interrupted()
     return outcome

@@ -135,7 +135,7 @@ class ParamSpec:
 @dataclass(frozen=True)
 class ResourcesSpec:
     devices: str | tuple[int, ...] = "auto"  # "auto" | "cpu" | GPU indices
-    trials_per_device: int = 1
+    trials_per_device: int | str = "auto"  # "auto": 1 per GPU; on CPUs the measured faster split of the cores
 
 
 @dataclass(frozen=True)
@@ -235,6 +235,7 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
     task = _parse_task(data["task"])
     train, settings = _parse_train(data.get("train"))
     search_space = _parse_search_space(data.get("search_space"), train)
+    _check_plateau_gamma(train, search_space)
     _probe_sampler(study.sampler, search_space)
     return Spec(
         study=study,
@@ -281,7 +282,7 @@ def apply_overrides(
         resources = dataclasses.replace(resources, devices=_devices(devices, "--devices"))
     if trials_per_device is not None:
         resources = dataclasses.replace(
-            resources, trials_per_device=_positive_int(_int_text(trials_per_device), "--trials-per-device")
+            resources, trials_per_device=_trials_per_device(_int_text(trials_per_device), "--trials-per-device")
         )
     if tracking_uri is not None:
         tracking = dataclasses.replace(tracking, uri=_text(tracking_uri, "--tracking-uri"))
@@ -295,6 +296,7 @@ def fixed_spec(spec: Spec, values: dict[str, Any]) -> Spec:
         at = f"train.{name}"
         _hparam_name(name, at)
         train[name] = _hparam_value(name, value, at)
+    _check_plateau_gamma(train, {})
     return dataclasses.replace(spec, train=train, search_space={})
 
 
@@ -638,14 +640,54 @@ def _check_no_cycles(space: dict[str, ParamSpec]) -> None:
         visit(name, (name,))
 
 
+def _check_plateau_gamma(train: dict, space: dict[str, ParamSpec]) -> None:
+    """plateau cuts lr by the factor gamma, which ReduceLROnPlateau needs < 1: refuse a gamma >= 1 that
+    a trial could pair with plateau, rather than fail that trial when it builds its schedule."""
+    scheduler, gamma = space.get("scheduler"), space.get("gamma")
+    fixed = train.get("scheduler", _HPARAM_DEFAULTS["scheduler"])  # also the fallback of a conditional one
+    possible = {fixed} if scheduler is None else {*scheduler.choices, *([fixed] if scheduler.when else [])}
+    if "plateau" not in possible:
+        return
+    problem = "must be < 1 when scheduler is plateau (the factor that cuts lr), got {!r}"
+    # gamma searched only for some schedulers: with plateau, it is searched when plateau is one of them.
+    only_for = gamma.when["scheduler"] if gamma and gamma.when and set(gamma.when) == {"scheduler"} else None
+    if gamma is not None and (only_for is None or "plateau" in only_for):
+        if gamma.type == "categorical":
+            for i, value in enumerate(gamma.choices):
+                if value >= 1:
+                    raise SpecError(f"search_space.gamma.choices[{i}]", problem.format(value))
+        elif gamma.high >= 1:
+            raise SpecError("search_space.gamma.high", problem.format(gamma.high))
+    # train's gamma trains whenever a searched one is absent (not searched, or its when: is false).
+    if gamma is None:
+        fallback_meets_plateau = True
+    elif gamma.when is None:
+        fallback_meets_plateau = False
+    elif only_for is not None and "plateau" in only_for:  # absent with plateau only if scheduler is absent too
+        fallback_meets_plateau = scheduler is not None and scheduler.when is not None and fixed == "plateau"
+    else:
+        fallback_meets_plateau = True
+    value = train.get("gamma", _HPARAM_DEFAULTS["gamma"])
+    if fallback_meets_plateau and value >= 1:
+        raise SpecError("train.gamma", problem.format(value))
+
+
 def _parse_resources(raw: Any) -> ResourcesSpec:
     path = "resources"
     raw = _section(raw, path)
     _check_keys(raw, ("devices", "trials_per_device"), path)
     return ResourcesSpec(
         devices=_devices(raw.get("devices", "auto"), f"{path}.devices"),
-        trials_per_device=_positive_int(raw.get("trials_per_device", 1), f"{path}.trials_per_device"),
+        trials_per_device=_trials_per_device(raw.get("trials_per_device", "auto"), f"{path}.trials_per_device"),
     )
+
+
+def _trials_per_device(value: Any, path: str) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        raise SpecError(path, f"must be auto or a whole number > 0, got {value!r}")
+    return _positive_int(value, path)
 
 
 def _parse_tracking(raw: Any, study_name: str) -> TrackingSpec:

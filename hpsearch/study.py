@@ -38,6 +38,7 @@ ATTR_HEARTBEAT = "hpsearch.heartbeat"
 ATTR_OWNER_START = "hpsearch.owner_started"
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_RETRY_OF = "hpsearch.retry_of"
+ATTR_RETRY_REASON = "hpsearch.retry_reason"
 
 
 def open_storage(url: str | None) -> BaseStorage:
@@ -226,14 +227,18 @@ def _retried_numbers(study: optuna.Study) -> set[int]:
     return {t.user_attrs[ATTR_RETRY_OF] for t in study.get_trials(deepcopy=False) if ATTR_RETRY_OF in t.user_attrs}
 
 
-def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
     """Enqueue a single retry of a failed trial with the same parameters; a retry is never retried again.
 
-    Whether a trial was retried is read from the retries themselves (a finished trial is immutable).
+    Whether a trial was retried is read from the retries themselves (a finished trial is immutable),
+    and so is why: `reason` is kept on the retry as ATTR_RETRY_REASON.
     """
     if ATTR_RETRY_OF in trial.user_attrs or trial.number in _retried_numbers(study):
         return False
-    study.enqueue_trial(trial.params, user_attrs={ATTR_RETRY_OF: trial.number}, skip_if_exists=False)
+    attrs: dict[str, Any] = {ATTR_RETRY_OF: trial.number}
+    if reason:
+        attrs[ATTR_RETRY_REASON] = reason
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
     return True
 
 

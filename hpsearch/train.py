@@ -5,7 +5,9 @@ and replayed: MobileNetV2-sized models are bound by kernel launches, and a repla
 at once (6-9x faster; DESIGN §8). What a graph needs shapes the code: fixed batch shapes (epochs
 drop the ragged last batch), inputs copied into static buffers, the learning rate as a device
 tensor the scheduler updates in place, and the running loss summed on the device so that nothing
-syncs with the host until the epoch ends. On the CPU everything runs eagerly in fp32.
+syncs with the host until the epoch ends. A capture that fails falls back to eager steps and turns
+graphs off for the rest of the process (graphs_disabled_reason). On the CPU everything runs eagerly
+in fp32.
 
 Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
@@ -143,8 +145,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epo
     name = hp.scheduler
     plateau = None
     if name == "onecycle":
-        pct = warm / epochs if warm else 0.3
-        per_step = sched.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=epochs * spe, pct_start=pct,
+        total = epochs * spe
+        # The peak comes at the first step after the warm-up, as LinearLR's warm-up does for the other
+        # schedules. OneCycleLR divides by each phase's length (peak step, and total-1 - peak), so the
+        # peak is clamped to leave both phases a step; too few steps for a warm-up: its default 30%.
+        peak = min(warm * spe, total - 2)
+        pct = (peak + 1) / total if warm and peak >= 1 else 0.3
+        per_step = sched.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct,
                                     cycle_momentum=False)
         return LRSchedule(optimizer, per_step)
     if name == "cosine":
@@ -206,6 +213,57 @@ def evaluate(model: nn.Module, split, *, device, settings: TrainSettings = Train
     return loss_sum.item() / n, correct.item() / n
 
 
+# --------------------------------------------------------------------------- CUDA graphs, process-wide
+
+# Once a capture fails, graphs stay off for the rest of the process: a failed capture can leave CUDA
+# and the allocator in states torch cannot fully undo, so the worker retires after the trial.
+_graphs_off_reason: str | None = None
+# Captures that failed inside capture_end: torch's host allocator may still hold a filter pointing
+# into the graph object, so the object is kept alive rather than freed.
+_failed_graphs: list = []
+
+
+def graphs_disabled_reason() -> str | None:
+    """Why CUDA graphs are off in this process (a capture failed in it), or None while they are healthy."""
+    return _graphs_off_reason
+
+
+def reset_graphs_state() -> None:
+    """Let this process capture again (for tests)."""
+    global _graphs_off_reason
+    _graphs_off_reason = None
+
+
+def _disable_graphs(reason: str) -> None:
+    global _graphs_off_reason
+    if _graphs_off_reason is None:
+        _graphs_off_reason = reason
+
+
+def _describe(error: BaseException) -> str:
+    """One line: the error, and the one inside the capture that made capture_end fail, if any."""
+    def line(e: BaseException) -> str:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+    cause = error.__cause__ or error.__context__
+    return line(error) if cause is None else f"{line(cause)} (then {line(error)})"
+
+
+def _release_unfinished_pool(pool) -> bool:
+    """End the allocator's routing into a failed capture's pool and release the pool, when capture_end
+    raised before doing so (True); False when the capture never began or capture_end got that far."""
+    if pool is None:
+        return False
+    index = torch.cuda.current_device()
+    try:
+        torch._C._cuda_endAllocateToPool(index, pool)
+    except (RuntimeError, AttributeError, TypeError):  # not routing into it (or a torch without these calls)
+        return False
+    torch._C._cuda_releasePool(index, pool)
+    return True
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -226,7 +284,8 @@ class Trainer:
         self.data, self.hp, self.settings = data, hp, settings
         self.metric, self.direction = metric, direction
         cuda = self.device.type == "cuda"
-        self.use_graphs = cuda and settings.cuda_graphs == "auto"
+        # No capture once one failed in this process (see graphs_disabled_reason).
+        self.use_graphs = cuda and settings.cuda_graphs == "auto" and _graphs_off_reason is None
         self.memory_format = _memory_format(self.device, settings)
         if cuda:
             torch.backends.cudnn.benchmark = True  # shapes are static; pick the fastest kernels once
@@ -247,6 +306,9 @@ class Trainer:
         self._graph = None
         self._static = None  # (x, y) buffers the graph reads
         self._eager_steps = 0
+        # One side stream on our device for the warm-up steps and the capture (torch.cuda.graph would
+        # otherwise make its own on whichever device is current).
+        self._side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
 
         self.history: list[EpochStats] = []
         self.best_epoch: int | None = None
@@ -282,45 +344,79 @@ class Trainer:
 
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        # A no-op when the batch already comes in the model's memory format (the pipeline keeps the
+        # layout its ops produce): the one conversion a step makes, if any.
         self._forward_backward_step(x.contiguous(memory_format=self.memory_format), y)
 
     def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self._graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
-            # Warm-up steps are real training steps, run on a side stream as graph capture requires.
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), warnings.catch_warnings():
-                # torch warns that a capturable optimizer steps uncaptured: expected before capture.
-                warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
-                self._eager_step(x, y)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self._eager_steps += 1
-            return
-        if self._graph is None:
-            try:
-                self._capture(x, y)
-            except Exception as e:  # unsupported op, optimizer or driver: train on, eagerly
-                warnings.warn(f"CUDA graph capture failed, training eagerly instead: {e}", stacklevel=3)
-                self._graph = self._static = None
+        # On our device, whichever is current: torch.cuda.graph() synchronizes and captures there.
+        with torch.cuda.device(self.device):
+            if self._graph is None and _graphs_off_reason is not None:  # another capture failed meanwhile
                 self.use_graphs = False
                 self._eager_step(x, y)
                 return
-        static_x, static_y = self._static
-        static_x.copy_(x)
-        static_y.copy_(y)
-        self._graph.replay()
+            if self._graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
+                self._warmup_step(x, y)
+                return
+            if self._graph is None:
+                failure = self._capture(x, y)
+                if failure is not None:  # unsupported op, optimizer or driver: train on, eagerly
+                    warnings.warn(f"CUDA graph capture failed, training eagerly instead: {failure}", stacklevel=3)
+                    _disable_graphs(failure)
+                    self.use_graphs = False
+                    self._eager_step(x, y)
+                    return
+            static_x, static_y = self._static
+            static_x.copy_(x)  # into the model's memory format, if x is not in it yet
+            static_y.copy_(y)
+            self._graph.replay()
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """A real training step, run eagerly on the side stream as graph capture requires."""
+        side = self._side_stream
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # torch warns that a capturable optimizer steps uncaptured: expected before capture.
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+            self._eager_step(x, y)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._eager_steps += 1
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
+        """Capture one train step into self._graph: None, or why it failed (after cleaning up)."""
         static_x = torch.empty_like(x, memory_format=self.memory_format)
         static_y = torch.empty_like(y)
-        self._static = (static_x, static_y)
         # Grads set to None now are allocated inside the graph, from its private pool, and each
         # replay writes them afresh instead of accumulating.
         self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._forward_backward_step(static_x, static_y, for_graph=True)
-        self._graph = graph
+        previous = torch.cuda.current_stream(self.device)
+        graph = pool = failure = None
+        try:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                pool = torch.cuda.graph_pool_handle()  # ours, so a failed capture's pool can be released
+                # thread_local: another thread's unsafe call (a DataLoader pinning memory) cannot break it.
+                with torch.cuda.graph(graph, pool=pool, stream=self._side_stream, capture_error_mode="thread_local"):
+                    self._forward_backward_step(static_x, static_y, for_graph=True)
+            finally:
+                # When capture_end raises, graph.__exit__ never restores the stream: the capture stream stays current.
+                torch.cuda.set_stream(previous)
+        except Exception as e:
+            failure = _describe(e)
+        if failure is None:
+            self._graph, self._static = graph, (static_x, static_y)
+            return None
+        # Out of the except block, the exception's frames (and the capture's tensors they held) are gone.
+        del static_x, static_y
+        if _release_unfinished_pool(pool):
+            with contextlib.suppress(Exception):
+                graph.reset()  # drops its capture id and generator states
+            _failed_graphs.append(graph)  # torch's host allocator may still call a filter that reads it
+        del graph  # otherwise freeing it releases its pool
+        self.optimizer.zero_grad(set_to_none=True)  # grads made during the capture live in its pool
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        return failure
 
     # ---- one epoch
 
@@ -392,7 +488,7 @@ class Trainer:
         """
         self.best_state_dict = self.best_state_dict_cpu()
         self.model = self.optimizer = self.schedule = self.criterion = None
-        self._graph = self._static = None
+        self._graph = self._static = self._side_stream = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()

@@ -32,19 +32,51 @@ from hpsearch.live import LiveView
 @dataclass(frozen=True)
 class Slot:
     index: int
-    gpu: int | None  # None: a CPU slot
+    gpu: int | None  # None: a CPU slot; else the GPU's index among those this process sees
     threads: int | None = None  # CPU threads for a CPU slot
+    memory_fraction: float | None = None  # share of its GPU's memory, when slots share a GPU
 
     @property
     def label(self) -> str:
         return f"cuda:{self.gpu}" if self.gpu is not None else "cpu"
 
-    def env(self) -> dict[str, str]:
+    def env(self, parent_visible: str | None = None) -> dict[str, str]:
+        """The worker's environment: its one GPU (named as the parent's mask names it), its threads.
+
+        `parent_visible` is the parent's CUDA_VISIBLE_DEVICES (read from the environment when None).
+        """
+        if parent_visible is None:
+            parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         # A CPU slot hides every GPU so that nothing in it can touch one by accident.
-        env = {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu)}
+        env = {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else physical_gpu(self.gpu, parent_visible)}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
+
+
+def physical_gpu(index: int, parent_visible: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for the parent's GPU `index`.
+
+    Indices count inside the parent's own mask: under CUDA_VISIBLE_DEVICES=2,3 (SLURM, shared boxes)
+    GPU 0 is physical GPU 2. Entries are passed on verbatim, so UUIDs (GPU-…) and MIG instances
+    (MIG-…) keep working; without a mask the index is the physical one.
+    """
+    if parent_visible is None or not parent_visible.strip():
+        return str(index)
+    entries = [e.strip() for e in parent_visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise ValueError(f"GPU {index} is not among CUDA_VISIBLE_DEVICES={parent_visible}")
+    return entries[index]
+
+
+GPU_MEMORY_SHARE = 0.95  # of a GPU's memory, split between the trials packed on it
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's or taskset's share, not the whole machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def visible_gpu_count() -> int:
@@ -56,8 +88,26 @@ def visible_gpu_count() -> int:
         return 0
 
 
-def plan_slots(devices, trials_per_device: int, gpu_count: int | None = None, cpu_count: int | None = None) -> list[Slot]:
-    """devices: "auto" | "cpu" | a tuple of GPU indices → one Slot per (device, k < trials_per_device)."""
+def auto_cpu_slots(cores: int) -> int:
+    """How many trials `trials_per_device: auto` runs at once on `cores` CPU cores.
+
+    One single-threaded trial per core, measured faster than one trial using every core
+    (benchmarks/parallel.py --only cpu-slots; docs/benchmarks.md): the small convolutions of a
+    fine-tuning trial parallelise poorly over threads, while separate trials never wait on each
+    other. Capped, since every worker holds its own copy of the dataset and model.
+    """
+    return max(1, min(cores, AUTO_CPU_SLOTS_MAX))
+
+
+AUTO_CPU_SLOTS_MAX = 8
+
+
+def plan_slots(devices, trials_per_device: int | str, gpu_count: int | None = None,
+               cpu_count: int | None = None) -> list[Slot]:
+    """devices: "auto" | "cpu" | a tuple of GPU indices → one Slot per (device, k < trials_per_device).
+
+    trials_per_device "auto" is 1 per GPU, and auto_cpu_slots() on the CPU.
+    """
     if devices == "auto":
         n = visible_gpu_count() if gpu_count is None else gpu_count
         gpus: list[int | None] = list(range(n)) if n else [None]
@@ -71,7 +121,9 @@ def plan_slots(devices, trials_per_device: int, gpu_count: int | None = None, cp
 
             raise UsageError(f"--devices: GPU {missing[0]} does not exist (this machine sees {n} GPU(s))")
         gpus = list(devices)
-    cores = cpu_count or os.cpu_count() or 1
+    cores = cpu_count or _usable_cores()
+    if trials_per_device == "auto":
+        trials_per_device = auto_cpu_slots(cores) if None in gpus else 1
     n_cpu_slots = trials_per_device if None in gpus else 0
     threads = max(1, cores // n_cpu_slots) if n_cpu_slots else None
     # An explicit OMP_NUM_THREADS caps it: several runs sharing a machine must not oversubscribe
@@ -79,10 +131,15 @@ def plan_slots(devices, trials_per_device: int, gpu_count: int | None = None, cp
     cap = os.environ.get("OMP_NUM_THREADS", "")
     if threads and cap.isdigit() and int(cap) > 0:
         threads = min(threads, int(cap))
+    # Trials packed on one GPU each get an equal share of its memory (less a margin for the CUDA
+    # context and cuDNN workspaces, which the cap does not cover), so one greedy trial cannot starve
+    # its neighbours into out-of-memory errors.
+    fraction = GPU_MEMORY_SHARE / trials_per_device if trials_per_device > 1 else None
     slots = []
     for gpu in gpus:
         for _ in range(trials_per_device):
-            slots.append(Slot(len(slots), gpu, threads if gpu is None else None))
+            slots.append(Slot(len(slots), gpu, threads if gpu is None else None,
+                              fraction if gpu is not None else None))
     return slots
 
 
@@ -94,9 +151,14 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
     """Entry point of a worker process: set up once, then train trial after trial until told to stop."""
     from hpsearch.objective import GUARD, Interrupted, TrialContext, run_trial
 
+    parent = os.getppid()
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
+    # Workers are not daemons (a daemon may not start the DataLoader processes that decode image
+    # folders), so nothing ends them with the parent by itself: if the parent dies, even by SIGKILL,
+    # the kernel sends SIGTERM, which fails the trial in hand cleanly.
+    _term_when_parent_dies(parent)
     from hpsearch.live import quiet_libraries
 
     quiet_libraries()
@@ -105,8 +167,11 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
 
         if slot.threads:
             torch.set_num_threads(slot.threads)
+        if slot.memory_fraction and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
         from hpsearch.registry import build_pruner, build_sampler
         from hpsearch.spec import parse_spec
+        from hpsearch.train import graphs_disabled_reason
 
         spec = parse_spec(spec_dict, source)
         sampler = build_sampler(spec.study.sampler, spec.search_space, seed_offset=1 + slot.index + 1000 * incarnation)
@@ -135,15 +200,47 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
         gc.freeze()
         events.put((slot.index, {"event": "ready", "pid": os.getpid()}))
         while True:
-            trial_id = tasks.get()
+            trial_id = _next_task(tasks, parent)
             if trial_id is None:
                 break
             outcome = run_trial(ctx, trial_id)
             events.put((slot.index, {"event": "done", "trial": outcome.number, "state": outcome.state}))
+            broken = graphs_disabled_reason()
+            if broken:
+                # A failed CUDA graph capture can leave the CUDA context degraded for the process's
+                # life: hand the slot to a fresh process instead of training on in this one.
+                events.put((slot.index, {"event": "retire", "reason": f"CUDA graph capture failed ({broken})"}))
+                break
     except (Interrupted, KeyboardInterrupt):
         pass
     finally:
         tracking.drain()  # runs closed on the writer thread are closed before the worker exits
+
+
+PARENT_CHECK_SECONDS = 2.0
+
+
+def _next_task(tasks, parent: int) -> int | None:
+    """The next trial id from the parent; None when told to stop or when the parent is gone."""
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_CHECK_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:  # re-parented: the orchestrator died (where no death signal came)
+                return None
+
+
+def _term_when_parent_dies(parent: int) -> None:
+    """Ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere _next_task polls."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _warm_up(spec, device: str) -> str | None:
@@ -241,15 +338,19 @@ class Orchestrator:
     def _spawn(self, slot: Slot, deaths_before_ready: int = 0) -> WorkerHandle:
         self.incarnations += 1
         tasks = self.ctx.Queue()
-        saved = {k: os.environ.get(k) for k in slot.env()}
-        os.environ.update(slot.env())  # a spawned child inherits the environment at start
+        env = slot.env()
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # a spawned child inherits the environment at start
         try:
             proc = self.ctx.Process(
                 target=worker_main,
                 name=f"hpsearch-worker-{slot.index}",
                 args=(slot, self.spec.to_dict(), self.spec.source, self.storage_url, self.tracking_uri,
                       self.experiment_id, self.parent_run_id, self.incarnations, tasks, self.events),
-                daemon=True,
+                # Not a daemon: a daemon may not start children, and image folders are decoded by
+                # DataLoader processes. The orchestrator reaps its workers itself (run's finally,
+                # and the death signal each worker asks for).
+                daemon=False,
             )
             proc.start()
         finally:
@@ -323,11 +424,28 @@ class Orchestrator:
             self.fatal = event["message"]
             self.stop_requested = True
         elif kind == "end":
+            if event.get("kind") == "oom" and handle is not None:
+                self._retry_oom_beside_neighbours(handle)
             self._count_outcome(event["state"], event.get("reason"))
+        elif kind == "retire" and handle is not None:
+            self.live.message(f"slot {index}: {event['reason']}; starting a fresh worker process")
         elif kind == "done" and handle is not None and handle.trial_number == event["trial"]:
             handle.trial_id = handle.trial_number = None
         if handle is not None:
             self.live.on_event(handle.slot, event)
+
+    def _retry_oom_beside_neighbours(self, handle: WorkerHandle) -> None:
+        """Out of memory while other trials shared the GPU may be their doing: retry it once."""
+        neighbours = [h for h in self.workers.values()
+                      if h is not handle and h.slot.gpu is not None and h.slot.gpu == handle.slot.gpu
+                      and h.trial_id is not None]
+        if not neighbours or handle.trial_id is None or self.stop_requested:
+            return
+        frozen = self.study._storage.get_trial(handle.trial_id)
+        reason = (f"out of memory on {handle.slot.label} while {len(neighbours)} other trial(s) shared it; "
+                  "retried once with the same parameters")
+        if frozen.state == TrialState.FAIL and study_mod.enqueue_retry(self.study, frozen, reason):
+            self.live.message(f"trial {frozen.number}: {reason}")
 
     def _count_outcome(self, state: str, reason: str | None) -> None:
         """Every trial failing in a row means a broken setup, not bad luck: stop instead of spinning."""
@@ -419,8 +537,9 @@ class Orchestrator:
                 self._keep_alive(busy, may_start)
                 self.live.refresh()
             interrupted = self.stop_requested and self.fatal is None
-            self._stop_workers()
         finally:
+            # Also on an error: workers are not daemons, and none may outlive the run.
+            self._stop_workers()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self.fatal:

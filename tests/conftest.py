@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpsearch.synthetic import write_image_folder
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A search that trains for real but fits in seconds on two CPU cores: digits at 16 px.
@@ -68,3 +70,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None
     return subprocess.run(
         [sys.executable, "-m", "hpsearch", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+@pytest.fixture
+def image_folder():
+    """write(root, layout, classes, train_per_class, test_per_class, size=32) → root."""
+    return write_image_folder

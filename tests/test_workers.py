@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from hpsearch.errors import UsageError
 from hpsearch.study import DEFAULT_STORAGE, open_storage
 from hpsearch.tracking import DEFAULT_TRACKING_URI
-from hpsearch.workers import Slot, plan_slots
+from hpsearch.workers import AUTO_CPU_SLOTS_MAX, Slot, plan_slots
 
 from conftest import run_cli
 
@@ -24,7 +24,8 @@ from conftest import run_cli
 # ------------------------------------------------------------------ slots → CUDA_VISIBLE_DEVICES
 
 
-def test_auto_uses_every_gpu_times_trials_per_device():
+def test_auto_uses_every_gpu_times_trials_per_device(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = plan_slots("auto", 2, gpu_count=3)
     assert [(s.index, s.gpu) for s in slots] == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2)]
     assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1", "2", "2"]
@@ -42,7 +43,8 @@ def test_omp_num_threads_caps_cpu_workers(monkeypatch):
     assert plan_slots("cpu", 1, gpu_count=0, cpu_count=8)[0].threads == 1
 
 
-def test_explicit_gpu_list_and_cpu():
+def test_explicit_gpu_list_and_cpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in plan_slots((1, 3), 1, gpu_count=4)] == ["1", "3"]
     assert [s.gpu for s in plan_slots("cpu", 3, gpu_count=4, cpu_count=2)] == [None, None, None]
     assert plan_slots("cpu", 3, gpu_count=0, cpu_count=2)[0].threads == 1
@@ -51,6 +53,41 @@ def test_explicit_gpu_list_and_cpu():
 def test_a_gpu_that_does_not_exist_is_refused():
     with pytest.raises(UsageError, match=r"--devices: GPU 2 does not exist \(this machine sees 2 GPU\(s\)\)"):
         plan_slots((0, 2), 1, gpu_count=2)
+
+
+@pytest.mark.parametrize(("parent_mask", "expected"), [
+    ("2,3", ["2", "3"]),  # SLURM gave this job GPUs 2 and 3: our GPU 0 is physical 2
+    (" 5, 1 ", ["5", "1"]),
+    ("GPU-8f2c1e4a-0b1c-4d2e-9f00-123456789abc,GPU-11111111-2222-3333-4444-555555555555",
+     ["GPU-8f2c1e4a-0b1c-4d2e-9f00-123456789abc", "GPU-11111111-2222-3333-4444-555555555555"]),
+    ("MIG-0a1b2c3d-4e5f-6789-abcd-ef0123456789,MIG-1a1b2c3d-4e5f-6789-abcd-ef0123456789",
+     ["MIG-0a1b2c3d-4e5f-6789-abcd-ef0123456789", "MIG-1a1b2c3d-4e5f-6789-abcd-ef0123456789"]),
+])
+def test_workers_land_on_the_gpus_the_parent_was_given(monkeypatch, parent_mask, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent_mask)
+    slots = plan_slots("auto", 1, gpu_count=2)
+    assert [s.env()["CUDA_VISIBLE_DEVICES"] for s in slots] == expected
+
+
+def test_a_gpu_index_outside_the_parents_mask_is_an_error():
+    with pytest.raises(ValueError, match="GPU 2 is not among CUDA_VISIBLE_DEVICES=4,5"):
+        Slot(0, 2).env(parent_visible="4,5")
+
+
+def test_trials_packed_on_a_gpu_share_its_memory():
+    assert [s.memory_fraction for s in plan_slots("auto", 1, gpu_count=2)] == [None, None]
+    fractions = [s.memory_fraction for s in plan_slots("auto", 4, gpu_count=1)]
+    assert len(fractions) == 4 and all(0.2 < f <= 0.25 for f in fractions)
+    assert sum(fractions) < 1.0  # a margin for each process's CUDA context
+    assert all(s.memory_fraction is None for s in plan_slots("cpu", 2, gpu_count=0, cpu_count=2))
+
+
+def test_auto_trials_per_device_is_one_per_gpu_and_one_single_threaded_trial_per_core(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [s.gpu for s in plan_slots("auto", "auto", gpu_count=2, cpu_count=2)] == [0, 1]
+    assert [(s.gpu, s.threads) for s in plan_slots("auto", "auto", gpu_count=0, cpu_count=2)] == [(None, 1)] * 2
+    many = plan_slots("cpu", "auto", gpu_count=0, cpu_count=64)
+    assert len(many) == AUTO_CPU_SLOTS_MAX and all(s.threads == 64 // AUTO_CPU_SLOTS_MAX for s in many)
 
 
 def test_slot_label():
@@ -214,3 +251,88 @@ def test_a_second_ctrl_c_exits_at_once(write_space, workdir):
     assert stopped_in < 5, stopped_in
     assert load(workdir).trials[victim.number].state == TrialState.FAIL
     assert_nothing_left_running(workdir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead but not yet waited for by its (new) parent.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_orchestrator(write_space, workdir):
+    """Workers are not daemons (they start DataLoader processes); if the parent dies by SIGKILL they still
+    stop at once, failing their trial and closing its MLflow run instead of training on as orphans."""
+    space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 8}})
+    proc, victim = start_run_until_mid_trial(space, workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = victim.user_attrs["hpsearch.worker_pid"]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    wait_for(lambda: not _alive(worker), 30, "the orphaned worker to exit")
+    trial = load(workdir).trials[victim.number]
+    assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+# ------------------------------------------------------------------ out of memory beside neighbours
+
+
+class _Process:
+    exitcode = None
+
+
+def _orchestrator_with_two_trials_on_one_gpu(capsys):
+    """An Orchestrator over a real (in-memory) study, with two slots of GPU 0 each holding a trial."""
+    from hpsearch.live import LiveView
+    from hpsearch.workers import Orchestrator, WorkerHandle
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    slots = plan_slots("auto", 2, gpu_count=1)
+    orchestrator = Orchestrator(spec=None, study=study, slots=slots, storage_url=None, tracking_uri="",
+                                experiment_id="0", parent_run_id="", live=LiveView("val_accuracy", "maximize", 4,
+                                                                                   interactive=False))
+    handles = []
+    for slot in slots:
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0)
+        handle = WorkerHandle(slot, _Process(), None, 1, ready=True, trial_id=trial._trial_id, trial_number=trial.number)
+        orchestrator.workers[slot.index] = handle
+        handles.append(handle)
+    return orchestrator, study, handles
+
+
+def _oom_ends(orchestrator, study, handle) -> None:
+    """What a worker does when its trial runs out of memory: tell FAIL, then report the end."""
+    study.tell(handle.trial_number, state=TrialState.FAIL)
+    orchestrator._handle_event(handle.slot.index, {"event": "end", "trial": handle.trial_number, "state": "FAIL",
+                                                   "value": None, "reason": "out of memory: ...", "kind": "oom"})
+
+
+def test_out_of_memory_beside_a_running_neighbour_is_retried_once_with_the_reason(capsys):
+    orchestrator, study, (first, second) = _orchestrator_with_two_trials_on_one_gpu(capsys)
+    _oom_ends(orchestrator, study, first)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    assert waiting[0].system_attrs["fixed_params"] == study.trials[first.trial_number].params  # same parameters
+    assert waiting[0].user_attrs["hpsearch.retry_of"] == first.trial_number
+    assert "out of memory on cuda:0 while 1 other trial(s) shared it" in waiting[0].user_attrs["hpsearch.retry_reason"]
+    assert "retried once" in capsys.readouterr().out
+
+    # The retry runs out of memory beside a neighbour again: now it is this configuration's failure.
+    retry = study.ask()
+    assert retry.number == waiting[0].number
+    first.trial_id, first.trial_number = retry._trial_id, retry.number
+    _oom_ends(orchestrator, study, first)
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_out_of_memory_alone_on_the_gpu_is_not_retried(capsys):
+    orchestrator, study, (first, second) = _orchestrator_with_two_trials_on_one_gpu(capsys)
+    second.trial_id = second.trial_number = None  # the neighbour slot is idle
+    _oom_ends(orchestrator, study, first)
+    assert not study.get_trials(states=(TrialState.WAITING,))

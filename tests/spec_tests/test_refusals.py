@@ -1,5 +1,6 @@
 """Every refusal names the dotted path of the field and says what is wrong, in exactly these words."""
 
+import copy
 
 import pytest
 
@@ -209,6 +210,7 @@ CASES = [
     ("resources.devices", [], "resources.devices: must be auto, cpu, or GPU indices like 0,1 or [0, 1], got []"),
     ("resources.devices", "0,1,0", "resources.devices: lists a GPU twice, got '0,1,0'"),
     ("resources.trials_per_device", 0, "resources.trials_per_device: must be > 0, got 0"),
+    ("resources.trials_per_device", "many", "resources.trials_per_device: must be auto or a whole number > 0, got 'many'"),
     ("resources.gpus", 1, "resources.gpus: unknown key 'gpus' (valid: devices, trials_per_device)"),
     # tracking
     ("tracking.checkpoints", "best", "tracking.checkpoints: must be one of complete, all, none, got 'best'"),
@@ -262,3 +264,86 @@ def test_base_is_valid():
     from hpsearch.spec import parse_spec
 
     parse_spec(BASE, source="spaces/t.yaml")
+
+
+# plateau's factor is gamma, and ReduceLROnPlateau refuses a factor of 1: refused here, not mid-trial.
+PLATEAU_OR_STEP = {"type": "categorical", "choices": ["step", "plateau"]}
+GAMMA_TO_ONE = {"type": "float", "low": 0.1, "high": 1.0}
+PLATEAU_GAMMA = "must be < 1 when scheduler is plateau (the factor that cuts lr), got"
+
+
+def with_fields(**fields) -> dict:
+    """BASE with each dotted field (written with __ for the dots) set."""
+    data = copy.deepcopy(BASE)
+    for path, value in fields.items():
+        *parents, last = path.split("__")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(train__scheduler="plateau", train__gamma=1.0), f"train.gamma: {PLATEAU_GAMMA} 1.0"),
+    (dict(train__scheduler="plateau", train__gamma=1), f"train.gamma: {PLATEAU_GAMMA} 1.0"),
+    (dict(search_space__scheduler=PLATEAU_OR_STEP, train__gamma=1.0), f"train.gamma: {PLATEAU_GAMMA} 1.0"),
+    (dict(train__scheduler="plateau", search_space__gamma=GAMMA_TO_ONE),
+     f"search_space.gamma.high: {PLATEAU_GAMMA} 1.0"),
+    (dict(search_space__scheduler=PLATEAU_OR_STEP, search_space__gamma={"type": "categorical", "choices": [0.5, 1.0]}),
+     f"search_space.gamma.choices[1]: {PLATEAU_GAMMA} 1.0"),
+    # searched for plateau among others: its range counts
+    (dict(search_space__scheduler=PLATEAU_OR_STEP,
+          search_space__gamma={**GAMMA_TO_ONE, "when": {"scheduler": ["step", "plateau"]}}),
+     f"search_space.gamma.high: {PLATEAU_GAMMA} 1.0"),
+    # searched for step only: plateau trials train with train's gamma
+    (dict(search_space__scheduler=PLATEAU_OR_STEP, train__gamma=1.0,
+          search_space__gamma={"type": "float", "low": 0.1, "high": 0.5, "when": {"scheduler": "step"}}),
+     f"train.gamma: {PLATEAU_GAMMA} 1.0"),
+    # a conditional scheduler falls back to train's plateau, and then gamma's condition is false too
+    (dict(train__scheduler="plateau", train__gamma=1.0,
+          search_space__scheduler={**PLATEAU_OR_STEP, "when": {"optimizer": "sgd"}},
+          search_space__gamma={"type": "float", "low": 0.1, "high": 0.5, "when": {"scheduler": "plateau"}}),
+     f"train.gamma: {PLATEAU_GAMMA} 1.0"),
+])
+def test_plateau_refuses_a_gamma_of_one(fields, message):
+    assert refusal(with_fields(**fields)) == message
+
+
+@pytest.mark.parametrize("fields", [
+    dict(train__scheduler="step", train__gamma=1.0),  # step with gamma 1: no decay, allowed
+    dict(train__scheduler="plateau", train__gamma=0.5),
+    dict(search_space__scheduler={"type": "categorical", "choices": ["step", "cosine"]},
+         search_space__gamma=GAMMA_TO_ONE),
+    # gamma searched for step only; plateau trials train with train's (default 0.1) gamma
+    dict(search_space__scheduler=PLATEAU_OR_STEP, search_space__gamma={**GAMMA_TO_ONE, "when": {"scheduler": "step"}}),
+    # gamma searched for every trial: train's 1.0 is never used
+    dict(train__scheduler="plateau", train__gamma=1.0, search_space__gamma={"type": "float", "low": 0.1, "high": 0.9}),
+    # searched whenever plateau is chosen: train's 1.0 only meets step
+    dict(search_space__scheduler=PLATEAU_OR_STEP, train__gamma=1.0,
+         search_space__gamma={"type": "float", "low": 0.1, "high": 0.9, "when": {"scheduler": "plateau"}}),
+])
+def test_gamma_of_one_is_fine_where_plateau_never_meets_it(fields):
+    parse_spec(with_fields(**fields))
+
+
+def test_fixed_spec_refuses_plateau_with_a_gamma_of_one():
+    from hpsearch.spec import SpecError, fixed_spec
+
+    spec = parse_spec(BASE)
+    with pytest.raises(SpecError) as info:
+        fixed_spec(spec, {"scheduler": "plateau", "gamma": 1.0})
+    assert str(info.value) == f"train.gamma: {PLATEAU_GAMMA} 1.0"
+
+
+def test_validate_command_refuses_plateau_with_a_gamma_of_one(tmp_path, capsys):
+    import yaml
+
+    from hpsearch.cli import main
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(with_fields(train__scheduler="plateau", train__gamma=1.0)))
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.strip().splitlines() == [f"error: train.gamma: {PLATEAU_GAMMA} 1.0"]

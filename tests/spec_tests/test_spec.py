@@ -41,7 +41,7 @@ def test_defaults_are_filled():
     assert spec.train == {}
     assert spec.settings == TRAIN_SETTINGS
     assert spec.search_space == {}
-    assert (spec.resources.devices, spec.resources.trials_per_device) == ("auto", 1)
+    assert (spec.resources.devices, spec.resources.trials_per_device) == ("auto", "auto")
     assert (spec.tracking.uri, spec.tracking.experiment, spec.tracking.checkpoints) == (
         "sqlite:///mlruns/mlflow.db", "my-space", "complete",
     )
@@ -146,7 +146,7 @@ def test_to_dict_fills_every_default():
         "augment": "standard", "num_classes": 10, "samples": 512, "in_memory": "auto",
     }
     assert resolved["train"] == TRAIN_SETTINGS
-    assert resolved["resources"] == {"devices": "auto", "trials_per_device": 1}
+    assert resolved["resources"] == {"devices": "auto", "trials_per_device": "auto"}
     assert resolved["tracking"] == {"uri": "sqlite:///mlruns/mlflow.db", "experiment": "a", "checkpoints": "complete"}
 
 

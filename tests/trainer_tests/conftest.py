@@ -11,18 +11,20 @@ import torch
 from PIL import Image
 
 from hpsearch.data import clear_data_cache
+from hpsearch.train import reset_graphs_state
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_fresh_cache():
-    """One intra-op thread (the CI box has two cores, shared), and no dataset kept between tests."""
+    """One intra-op thread (the CI box has two cores, shared); no dataset or graphs state kept between tests."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
     clear_data_cache()
+    reset_graphs_state()  # a test's failed capture must not turn graphs off for the tests after it
 
 
 def _dump(path: Path, obj: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hpsearch import data as data_module
-from hpsearch.data import PAD, DataConfig, DatasetNotFound, crop_flip, load_data
+from hpsearch.data import PAD, DataConfig, DatasetNotFound, TensorSplit, crop_flip, load_data
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean/std that leave x = uint8 / 255
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -274,6 +274,54 @@ def test_host_memory_mode_matches_device_mode():
     a = next(on.train.batches(8, shuffle=True, augment=True, generator=g[0]))
     b = next(off.train.batches(8, shuffle=True, augment=True, generator=g[1]))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_augmented_batches_keep_the_gathers_channels_last_layout():
+    """The pipeline leaves the layout to the consumer: the crop gather's channels_last batch is not
+    turned to NCHW (the CUDA trainer wants channels_last: it would only convert it back)."""
+    task = load_data(DataConfig("fake", samples=40), "cpu", *IMAGENET)
+    x, _ = next(task.train.batches(8, shuffle=True, augment=True, generator=torch.Generator().manual_seed(0)))
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    plain, _ = next(task.train.batches(8, augment=False))
+    assert plain.is_contiguous()  # nothing to gather: NCHW as stored
+
+
+def test_take_rows_gathers_an_index_and_views_a_slice():
+    images = torch.arange(6 * 3 * 2 * 2, dtype=torch.uint8).view(6, 3, 2, 2)
+    idx = torch.tensor([4, 0, 5])
+    assert torch.equal(TensorSplit.take_rows(images, idx, pin=False), images[idx])
+    window = TensorSplit.take_rows(images, slice(2, 5), pin=True)  # a view: no gather, no copy
+    assert window.data_ptr() == images[2].data_ptr() and torch.equal(window, images[2:5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_streamed_batches_are_gathered_into_pinned_memory(monkeypatch):
+    """in_memory: false on CUDA: shuffled batches are gathered into pinned memory (a pageable source
+    makes the non_blocking copy synchronous), and no batch is overwritten while it is copied."""
+    streamed = load_data(DataConfig("fake", samples=256, in_memory="false"), "cuda", *IMAGENET)
+    resident = load_data(DataConfig("fake", samples=256), "cuda", *IMAGENET)
+    assert streamed.train.images.is_pinned() and resident.train.images.is_cuda
+    idx = torch.randperm(len(streamed.train))[:16]
+    rows = TensorSplit.take_rows(streamed.train.images, idx, pin=True)
+    assert rows.is_pinned() and torch.equal(rows, streamed.train.images[idx])
+
+    pinned = []
+    take_rows = TensorSplit.take_rows
+
+    def spy(source, index, pin):
+        rows = take_rows(source, index, pin)
+        pinned.append(rows.is_pinned())
+        return rows
+
+    monkeypatch.setattr(TensorSplit, "take_rows", staticmethod(spy))
+    for epoch in range(3):
+        g = [torch.Generator(device="cuda").manual_seed(epoch) for _ in range(2)]
+        a = list(streamed.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g[0]))
+        b = list(resident.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g[1]))
+        assert len(a) == len(b) > 1
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert pinned and all(pinned)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

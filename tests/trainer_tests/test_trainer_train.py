@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -13,8 +14,9 @@ from hpsearch import data as data_module
 from hpsearch.data import DataConfig, load_data
 from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from hpsearch.params import EPOCH_METRICS, OPTIMIZERS, SCHEDULERS, HParams
+from hpsearch import train as train_module
 from hpsearch.train import (EpochStats, NonFiniteLoss, Trainer, TrainSettings, build_optimizer, build_scheduler,
-                            evaluate, seed_everything)
+                            evaluate, graphs_disabled_reason, reset_graphs_state, seed_everything)
 
 NORM = (IMAGENET_MEAN, IMAGENET_STD)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -103,6 +105,44 @@ def test_every_scheduler_builds_and_steps(name, warmup):
         assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.01 and lrs[-1] < 1e-3
     if name == "plateau":  # constant metric: 2 stalled epochs tolerated, cut by gamma after the third
         assert main[0][0] == main[3][0] == pytest.approx(0.1) and main[4][0] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("epochs", "warmup", "spe"), [
+    (3, 3, 4),  # warm-up as long as the trial
+    (3, 5, 4),  # longer
+    (4, 1, 1),  # one warm-up step: a zero-length first phase
+    (2, 1, 1),
+    (2, 2, 1),  # two steps in all
+    (1, 1, 1),  # one
+])
+def test_onecycle_warmup_of_the_whole_trial_still_trains_every_step(epochs, warmup, spe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        epoch_lrs = run_schedule(HParams(scheduler="onecycle", lr=0.1, epochs=epochs, warmup_epochs=warmup), spe)
+    lrs = [lr for epoch in epoch_lrs for lr in epoch]
+    assert len(lrs) == epochs * spe and all(math.isfinite(lr) and 0 < lr <= 0.1 + 1e-12 for lr in lrs)
+    total = epochs * spe
+    if total >= 3:  # room for a warm-up: lr rises to its peak, then anneals in the steps left
+        peak = min(warmup * spe, total - 2)
+        assert lrs[peak] == pytest.approx(0.1) and lrs.index(max(lrs)) == peak
+        assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+        assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
+def test_onecycle_warmup_peaks_where_linear_warmup_ends():
+    """warmup_epochs means the same for every schedule: lr reaches its peak on the first step after it."""
+    onecycle = run_schedule(HParams(scheduler="onecycle", lr=0.1, epochs=4, warmup_epochs=1), steps_per_epoch=5)
+    cosine = run_schedule(HParams(scheduler="cosine", lr=0.1, epochs=4, warmup_epochs=1), steps_per_epoch=5)
+    for epochs in (onecycle, cosine):
+        lrs = [lr for epoch in epochs for lr in epoch]
+        assert lrs.index(max(lrs)) == 5 and max(lrs) == pytest.approx(0.1)
+
+
+def test_onecycle_trial_whose_warmup_covers_it_trains_every_epoch(fake8):
+    trainer = Trainer(tiny_model(), fake8, HParams(scheduler="onecycle", warmup_epochs=3, epochs=3, batch_size=16),
+                      device="cpu")
+    history = trainer.fit()
+    assert [s.epoch for s in history] == [1, 2, 3] and all(math.isfinite(s.train_loss) for s in history)
 
 
 def test_warmup_is_linear_then_the_schedule():
@@ -263,7 +303,8 @@ def test_cpu_never_touches_cuda_graph_apis(fake8, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("CUDA graph API used on CPU")
 
-    for name in ("CUDAGraph", "graph", "Stream", "stream", "current_stream", "synchronize", "empty_cache"):
+    for name in ("CUDAGraph", "graph", "Stream", "stream", "current_stream", "set_stream", "device",
+                 "graph_pool_handle", "synchronize", "empty_cache"):
         monkeypatch.setattr(torch.cuda, name, forbidden)
     trainer = Trainer(tiny_model(), fake8, HParams(batch_size=16, epochs=2), device="cpu",
                       settings=TrainSettings(cuda_graphs="auto"))
@@ -286,6 +327,194 @@ def test_settings_refuse_bad_values(bad, message):
 def test_trainer_refuses_unknown_metric(fake8):
     with pytest.raises(ValueError, match="metric must be one of val_accuracy, val_loss, train_loss, got 'acc'"):
         Trainer(tiny_model(), fake8, HParams(), device="cpu", metric="acc")
+
+
+# --------------------------------------------------------------------------- a failed capture, on the CPU
+
+
+class FakeCuda:
+    """Just enough of torch.cuda for the Trainer's graph path to run on CPU tensors.
+
+    Its capture fails the way a real one does when the step syncs with the host: the op raises
+    inside the capture, then capture_end raises in graph.__exit__, which so never restores the
+    stream it made current. With capture_end_fails=False the capture ends (the graph is instantiated)
+    and only the body's error propagates, as for an error raised by Python code in the step.
+    """
+
+    SYNC_ERROR = "CUDA error: operation not permitted when stream is capturing"
+    END_ERROR = "CUDA error: operation failed due to a previous error during capture"
+
+    def __init__(self, monkeypatch, capture_end_fails: bool = True):
+        self.streams, self.graphs, self.captures, self.ended, self.released = [], [], [], [], []
+        self.capturing = False
+        self.cleanups = 0
+        self.capture_end_fails = capture_end_fails
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.device = device
+                fake.streams.append(self)
+
+            def wait_stream(self, other):
+                pass
+
+        self.default = Stream()
+        self.current = self.default
+        self.streams.clear()  # the streams the trainer makes
+
+        class Graph:
+            def __init__(self):
+                self.was_reset = False
+                fake.graphs.append(self)
+
+            def reset(self):
+                self.was_reset = True
+
+            def replay(self):
+                raise AssertionError("a failed capture must not be replayed")
+
+        class Capture:
+            def __init__(self, graph, pool=None, stream=None, capture_error_mode="global"):
+                fake.captures.append(dict(graph=graph, pool=pool, stream=stream, mode=capture_error_mode))
+                self.stream = stream
+
+            def __enter__(self):
+                self.previous, fake.current, fake.capturing = fake.current, self.stream, True
+
+            def __exit__(self, kind, value, tb):
+                fake.capturing = False
+                if fake.capture_end_fails:
+                    raise RuntimeError(FakeCuda.END_ERROR)  # before restoring the stream, as torch's does
+                fake.current = self.previous
+
+        @contextlib.contextmanager
+        def stream(s):
+            previous, fake.current = fake.current, s
+            try:
+                yield
+            finally:
+                fake.current = previous
+
+        def end_allocate_to_pool(index, pool):
+            if not fake.capture_end_fails:
+                raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+            fake.ended.append((index, pool))
+
+        def cleanup(*args):
+            fake.cleanups += 1
+
+        for name, value in dict(Stream=Stream, CUDAGraph=Graph, graph=Capture, stream=stream,
+                                device=lambda device: contextlib.nullcontext(),
+                                current_stream=lambda device=None: fake.current,
+                                set_stream=lambda s: setattr(fake, "current", s),
+                                graph_pool_handle=lambda: (0, 7), current_device=lambda: 0,
+                                synchronize=cleanup, empty_cache=cleanup).items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", end_allocate_to_pool)
+        monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda index, pool: fake.released.append((index, pool)))
+
+
+class SyncsWhileCapturing(nn.Module):
+    """A step that syncs with the host, which a capture cannot take (on CUDA: an .item() in forward)."""
+
+    def __init__(self, fake: FakeCuda):
+        super().__init__()
+        self.fake = fake
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+        self.train_streams = []  # the stream each training forward ran on
+
+    def forward(self, x):
+        if self.fake.capturing:
+            raise RuntimeError(FakeCuda.SYNC_ERROR)
+        if self.training:
+            self.train_streams.append(self.fake.current)
+        return self.fc(x.flatten(1))
+
+
+def graphed_on_fake_cuda(model, data, hp):
+    """A CPU Trainer put on the graph path that CUDA would take."""
+    trainer = Trainer(model, data, hp, device="cpu")
+    trainer.use_graphs, trainer._side_stream = True, torch.cuda.Stream("cuda:1")
+    return trainer
+
+
+@pytest.mark.parametrize("capture_end_fails", [True, False])
+def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, monkeypatch, capture_end_fails):
+    fake = FakeCuda(monkeypatch, capture_end_fails)
+    model = SyncsWhileCapturing(fake)
+    trainer = graphed_on_fake_cuda(model, fake8, HParams(batch_size=16, epochs=2))  # 4 steps an epoch
+    side = trainer._side_stream
+    steps = []
+    with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
+        history = trainer.fit(lambda stats: steps.append(int(trainer._steps)))
+    reason = f"RuntimeError: {FakeCuda.SYNC_ERROR}"
+    if capture_end_fails:  # the error inside the capture is what caused capture_end's
+        reason += f" (then RuntimeError: {FakeCuda.END_ERROR})"
+    assert [str(w.message) for w in record] == [f"CUDA graph capture failed, training eagerly instead: {reason}"]
+    assert graphs_disabled_reason() == reason
+    assert fake.current is fake.default  # not the capture stream graph.__exit__ left behind
+    # One side stream for the 3 warm-up steps and the capture, thread_local so other threads cannot break it.
+    assert fake.streams == [side] and len(fake.captures) == 1
+    assert fake.captures[0]["stream"] is side and fake.captures[0]["mode"] == "thread_local"
+    assert model.train_streams == [side] * 3 + [fake.default] * 5
+    # Every batch trained once (the one whose capture failed, eagerly), every epoch.
+    assert steps == [4, 4] and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
+    assert not trainer.use_graphs and trainer._graph is None and trainer._static is None
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    # The pool: released by us only when capture_end never got to hand it back (else the graph's own).
+    graph = fake.graphs[0]
+    if capture_end_fails:
+        assert fake.ended == fake.released == [(0, (0, 7))] and graph.was_reset
+        assert graph in train_module._failed_graphs
+    else:
+        assert fake.released == [] and graph not in train_module._failed_graphs
+    assert fake.cleanups == 2  # synchronize, then empty_cache
+
+
+def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkeypatch):
+    fake = FakeCuda(monkeypatch)
+    first = graphed_on_fake_cuda(SyncsWhileCapturing(fake), fake8, HParams(batch_size=16, epochs=1))
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        first.fit()
+    assert graphs_disabled_reason() is not None
+    # A trainer already on the graph path goes eager at its next step: no warm-up, no capture.
+    model = SyncsWhileCapturing(fake)
+    second = graphed_on_fake_cuda(model, fake8, HParams(batch_size=16, epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second.fit()
+    assert not second.use_graphs and model.train_streams == [fake.default] * 4
+    assert len(fake.captures) == 1 and len(fake.graphs) == 1
+    reset_graphs_state()
+    assert graphs_disabled_reason() is None
+
+
+def test_batch_in_the_models_memory_format_reaches_it_uncopied(fake8, monkeypatch):
+    """channels_last (CUDA's format; forced here on the CPU): the augmented batch is channels_last as
+    the crop gather makes it, and goes to the model as is, not to NCHW and back (two copies a step)."""
+    monkeypatch.setattr(train_module, "_memory_format", lambda device, settings: torch.channels_last)
+    made, seen = [], []
+    real_batches = fake8.train.batches
+
+    def batches(*args, **kwargs):
+        for x, y in real_batches(*args, **kwargs):
+            made.append(x.data_ptr())
+            yield x, y
+
+    monkeypatch.setattr(fake8.train, "batches", batches)
+    model = tiny_model()
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].data_ptr()) if module.training else None)
+    Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()
+    assert len(made) == 4 and seen == made
+
+
+def test_batch_in_another_memory_format_is_converted_once(fake8, monkeypatch):
+    seen = []
+    model = tiny_model()
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0]) if module.training else None)
+    Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()  # augmented: channels_last
+    assert len(seen) == 4 and all(x.is_contiguous() for x in seen)
 
 
 # --------------------------------------------------------------------------- CUDA (run on a GPU machine)
@@ -347,3 +576,57 @@ def test_failed_capture_falls_back_to_eager_with_one_warning(monkeypatch):
     with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
         history = trainer.fit()
     assert len(record) == 1 and len(history) == 2 and not trainer.use_graphs
+    assert graphs_disabled_reason() == "RuntimeError: capture unsupported"
+
+
+class ItemInForward(nn.Module):
+    """A host sync in forward: harmless eagerly, fatal to a graph capture (a real, not a mocked, failure)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if out.detach().float().abs().sum().item() < 0:  # never true: the .item() is the point
+            out = -out
+        return out
+
+
+@CUDA
+def test_capture_broken_by_a_host_sync_leaves_a_healthy_process():
+    task = load_data(DataConfig("fake", samples=256), "cuda", *NORM)
+    seed_everything(0)
+    trainer = Trainer(ItemInForward(), task, HParams(batch_size=32, epochs=2), device="cuda")
+    with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
+        history = trainer.fit()
+    assert len(record) == 1 and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
+    assert not trainer.use_graphs and trainer._graph is None
+    assert graphs_disabled_reason() is not None and "capturing" in graphs_disabled_reason()
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # not the capture stream
+    assert not torch.cuda.is_current_stream_capturing()
+    trainer.release()
+
+    # The next trial in this process trains eagerly from its start, and learns as it should.
+    digits = load_data(DataConfig("digits", augment="none"), "cuda", *NORM)
+    seed_everything(0)
+    hp = HParams(optimizer="adamw", lr=3e-3, batch_size=128, epochs=8, scheduler="onecycle")
+    following = Trainer(build_model("resnet18", 10), digits, hp, device="cuda")
+    assert not following.use_graphs and not isinstance(following.optimizer.param_groups[0]["lr"], torch.Tensor)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="CUDA graph capture failed")
+        history = following.fit()
+    assert history[-1].val_accuracy > 0.5 and following._graph is None  # chance: 0.1
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_graph_on_a_second_gpu_is_captured_there():
+    """cuda:1 while cuda:0 is current: warm-up, capture and replay all on cuda:1's streams."""
+    torch.cuda.set_device(0)
+    task = load_data(DataConfig("fake", samples=256), "cuda:1", *NORM)
+    trainer = Trainer(build_model("mobilenet_v2", 10), task, HParams(batch_size=32, epochs=2), device="cuda:1")
+    history = trainer.fit()
+    assert trainer._graph is not None and graphs_disabled_reason() is None
+    assert trainer._side_stream.device == torch.device("cuda", 1) and torch.cuda.current_device() == 0
+    assert all(math.isfinite(s.train_loss) for s in history)

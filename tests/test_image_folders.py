@@ -1,0 +1,36 @@
+"""Image folders of real size (thousands of files) train under `hpsearch run`, held in memory and streamed.
+
+Folders this large are decoded by DataLoader worker processes inside hpsearch's own worker process,
+so this is also the test that a worker may start children.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 240, 20  # 2,600 files: past the parallel-decoding threshold
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
+@pytest.mark.parametrize("layout", ["tinyimagenet", "imagefolder"])
+def test_a_folder_of_thousands_of_images_trains(layout, in_memory, write_space, workdir, image_folder):
+    root = image_folder(workdir / "images", layout, CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS)
+    space = write_space({
+        "study": {"name": "folder", "n_trials": 2},
+        "task": {"data": {"name": "imagefolder", "root": str(root), "image_size": 32, "val_fraction": 0.1,
+                          "augment": "standard", "in_memory": in_memory}},
+        "train": {"epochs": 2, "batch_size": 128},
+    })
+    result = run_cli("run", str(space), cwd=workdir, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2/2 finished" in result.stdout
+    status = run_cli("status", "--format", "json", cwd=workdir)
+    trials = json.loads(status.stdout)
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    # Ten classes with distinct colours: learnable well above chance (0.1) in two epochs.
+    assert max(t["value"] for t in trials) > 0.5
