@@ -75,7 +75,7 @@ def main() -> None:
             results[label] = {"seconds": seconds, "images_per_second": n / seconds, "processes": processes}
             print(f"in memory, {label} ({processes} processes): {n / seconds:,.0f} images/s")
 
-        cfg = DataConfig("imagefolder", root=str(root), image_size=args.image_size, in_memory="false")
+        cfg = DataConfig("imagefolder", root=str(root), image_size=args.image_size, in_memory=False)
         task = load_data(cfg, args.device, IMAGENET_MEAN, IMAGENET_STD)
         g = torch.Generator(device=args.device).manual_seed(0)
 

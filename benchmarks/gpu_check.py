@@ -361,7 +361,7 @@ def render(parts: list[Part], info: dict, driver: str, started: datetime.datetim
     else:
         gpu = f"none: CPU only ({os.cpu_count()} cores, --allow-cpu)"
     lines = ["# GPU check", "",
-             f"Written by `python benchmarks/gpu_check.py` (run it again to refresh this page)"
+             "Written by `python benchmarks/gpu_check.py` (run it again to refresh this page)"
              + ("." if done else " — **still running or interrupted: partial**."), ""]
     lines += table(["", ""], [
         ["GPU", gpu],
@@ -427,7 +427,7 @@ def main() -> int:
     # A plain `kill` unwinds like Ctrl-C, so the running part's process group is ended too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
     probe = execute([sys.executable, "-c", PROBE], timeout=120)
     if probe.returncode != 0:

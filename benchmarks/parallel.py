@@ -8,7 +8,8 @@
    file + SQLite MLflow): ask, owner attributes, suggest, open the child run with its params,
    per-epoch report/prune check + metrics, the best checkpoint (a real MobileNetV2 state_dict),
    close the run, tell. Reported as the time on the trial's own path (what delays the next trial)
-   and, separately, what is left to the background writer thread (checkpoint file, closing the run). Baseline, measured in the same run: the hand-written glue it replaces —
+   and, separately, what is left to the background writer thread (checkpoint file, closing the run).
+   Baseline, measured in the same run: the hand-written glue it replaces —
    MLflow's fluent API (`start_run(nested=True)`, `log_params`, `log_metric` per metric per epoch,
    `log_artifact`), the way most hand-written objectives log.
 2. Throughput: `hpsearch run` of a small real search (digits, ShuffleNetV2 at 16 px, 1 epoch per
@@ -54,10 +55,10 @@ def overhead(n_trials: int) -> dict:
     import optuna
     import torch
 
+    from hpsearch import records, tracking
     from hpsearch import study as study_mod
-    from hpsearch import tracking
-    from hpsearch.objective import suggest
     from hpsearch.spec import parse_spec
+    from hpsearch.suggest import suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = parse_spec(
@@ -84,15 +85,15 @@ def overhead(n_trials: int) -> dict:
         tracker = tracking.StudyTracker("sqlite:///mlruns/mlflow.db", "bench")
         parent = tracker.parent_run("bench", {})
         hpsearch_times, background_times = [], []
-        for i in range(n_trials):
+        for _ in range(n_trials):
             t0 = time.perf_counter()
-            asked = study.ask()
+            asked = study.ask()  # the parent's side of a trial, then the worker's, as hpsearch does them
             for k, v in study_mod.owner_attrs().items():
-                study._storage.set_trial_user_attr(asked._trial_id, k, v)
-            trial = optuna.trial.Trial(study, asked._trial_id)
+                asked.set_user_attr(k, v)
+            trial = records.open_trial(study, records.trial_id(asked))
             params = suggest(trial, spec.search_space, spec.train)
             run = tracking.TrialRun.start(tracker.client, tracker.experiment_id, parent, "bench", trial.number, params)
-            study._storage.set_trial_user_attr(trial._trial_id, study_mod.ATTR_RUN_ID, run.run_id)
+            trial.set_user_attr(records.ATTR_RUN_ID, run.run_id)
             for epoch in range(1, EPOCHS + 1):
                 run.log_epoch(epoch, metrics)
                 trial.report(0.5 + 0.01 * epoch, epoch)
@@ -112,7 +113,7 @@ def overhead(n_trials: int) -> dict:
         mlflow.set_experiment("baseline")
         baseline_times = []
         with mlflow.start_run(run_name="baseline-parent"):
-            for i in range(n_trials):
+            for _ in range(n_trials):
                 t0 = time.perf_counter()
                 trial = study.ask()
                 params = suggest(trial, spec.search_space, spec.train)
@@ -268,19 +269,22 @@ def main() -> None:
     if args.only in (None, "overhead"):
         r = results["overhead"] = overhead(args.trials)
         print(f"orchestration per trial ({EPOCHS} epochs, checkpoint of MobileNetV2): hpsearch "
-              f"{r['hpsearch_ms_per_trial']:.1f} ms on the trial's path (+{r['hpsearch_background_ms_per_trial']:.1f} ms "
+              f"{r['hpsearch_ms_per_trial']:.1f} ms on the trial's path "
+              f"(+{r['hpsearch_background_ms_per_trial']:.1f} ms "
               f"left on the writer thread), hand-written fluent MLflow glue {r['baseline_ms_per_trial']:.1f} ms "
               f"({r['ratio_baseline_over_hpsearch']:.2f}x)")
     if args.only in (None, "throughput"):
         r = results["throughput_cpu"] = throughput(6, [1, 2])
         for k, v in r.items():
-            print(f"{k}: {v['trials']} trials in {v['seconds']:.1f}s = {v['trials_per_hour']:.0f} trials/h ({v['ratio']:.2f}x)")
+            print(f"{k}: {v['trials']} trials in {v['seconds']:.1f}s = {v['trials_per_hour']:.0f} trials/h "
+                  f"({v['ratio']:.2f}x)")
     if args.only in (None, "gpu"):
         if torch.cuda.is_available():
             r = results["gpu_trials_per_device"] = throughput(8, [1, 2, 4], devices="auto", space=GPU_SPACE)
             for k, v in r.items():
                 imgs = 8 * 2 * 20000 * 0.9
-                print(f"trials_per_device {k}: {v['seconds']:.1f}s, ~{imgs / v['seconds']:,.0f} train img/s aggregate ({v['ratio']:.2f}x)")
+                print(f"trials_per_device {k}: {v['seconds']:.1f}s, ~{imgs / v['seconds']:,.0f} train img/s "
+                      f"aggregate ({v['ratio']:.2f}x)")
         else:
             print("gpu: no CUDA device here; skipped")
     if args.only == "cpu-slots":  # minutes of CPU: only when asked for

@@ -1,3 +1,8 @@
-"""hpsearch: a YAML search space → an Optuna study that fine-tunes torchvision models, logged to MLflow."""
+"""hpsearch: hyperparameter search for fine-tuning torchvision models, from one YAML file."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hpsearch")
+except PackageNotFoundError:  # a plain checkout on a GPU box, not installed
+    __version__ = "0+unknown"

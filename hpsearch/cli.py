@@ -21,10 +21,6 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-class BadInput(click.ClickException):
-    exit_code = EXIT_BAD_INPUT
-
-
 def _spec_error_type():
     from hpsearch.spec import SpecError
 
@@ -36,7 +32,8 @@ def _spec_error_type():
 
 def storage_options(f):
     f = click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the file's, else sqlite:///mlruns/mlflow.db).")(f)
-    f = click.option("--storage", default=None, help="Optuna storage URL or journal file (default: studies/journal.log).")(f)
+    f = click.option("--storage", default=None,
+                     help="Optuna storage URL or journal file (default: studies/journal.log).")(f)
     return f
 
 
@@ -58,6 +55,7 @@ def _load_spec(path: str, **overrides):
 def _resolve_study(space, study_name, storage, tracking_uri):
     """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
     from hpsearch import study as study_mod
+    from hpsearch.records import STUDY_TRACKING_URI
     from hpsearch.tracking import DEFAULT_TRACKING_URI
 
     if space and study_name:
@@ -76,7 +74,7 @@ def _resolve_study(space, study_name, storage, tracking_uri):
             raise UsageError("SPACE: no study has been run from this folder yet; give SPACE or --study NAME")
         name, storage, uri = last.study_name, storage or last.storage, tracking_uri or last.tracking_uri
     study = study_mod.load_existing_study(name, storage)
-    uri = uri or study.user_attrs.get("hpsearch.tracking_uri") or DEFAULT_TRACKING_URI
+    uri = uri or study.user_attrs.get(STUDY_TRACKING_URI) or DEFAULT_TRACKING_URI
     return study, storage, uri
 
 
@@ -91,8 +89,10 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("space", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=int, default=None, help="Finished trials the study must hold (overrides study.n_trials).")
-@click.option("--timeout", default=None, help="Stop starting trials after this long: 90s, 30m, 8h (overrides study.timeout).")
+@click.option("--n-trials", type=int, default=None,
+              help="Finished trials the study must hold (overrides study.n_trials).")
+@click.option("--timeout", default=None,
+              help="Stop starting trials after this long: 90s, 30m, 8h (overrides study.timeout).")
 @click.option("--devices", default=None, help="auto | cpu | GPU indices like 0,1 (overrides resources.devices).")
 @click.option("--trials-per-device", default=None,
               help="Worker processes per device: auto or a number (overrides resources.trials_per_device).")
@@ -280,7 +280,8 @@ def train(config, device, output, tracking_uri):
 
 @cli.command()
 @click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address (0.0.0.0 exposes it to the network).")
 @click.option("--tracking-uri", default=None, help="Backend store (default: sqlite:///mlruns/mlflow.db).")
 def ui(port, host, tracking_uri):
     """Start the MLflow UI on this folder's tracking store."""

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpsearch.params import AUGMENTS, DATASETS
+from hpsearch.config import PAD, DataConfig
 
-PAD = 4  # random-crop padding, the CIFAR standard
 NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagefolder": 64}
-IN_MEMORY_MODES = ("auto", "true", "false")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CPU_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 images `in_memory: auto` keeps in host memory
 CUDA_MEMORY_SHARE = 0.25  # ... and the share of free device memory it may take on CUDA
@@ -33,36 +32,6 @@ DIGITS_TEST_SEED = 0  # fixed: the digits test split must not move with split_se
 
 class DatasetNotFound(Exception):
     """The dataset's files are not where the config says; the message says where and how to get them."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str
-    root: str = "data"
-    val_fraction: float = 0.1
-    image_size: int | None = None
-    download: bool = False
-    augment: str = "standard"
-    num_classes: int = 10
-    samples: int = 512
-    in_memory: str = "auto"
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name must be one of {', '.join(DATASETS)}, got {self.name!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if self.image_size is not None and self.image_size < PAD + 1:
-            raise ValueError(f"data.image_size must be > {PAD}, got {self.image_size!r}")
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
-        if self.in_memory not in IN_MEMORY_MODES:
-            raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_MODES)}, got {self.in_memory!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"data.num_classes must be >= 1, got {self.num_classes!r}")
-        if self.samples < 2:
-            raise ValueError(f"data.samples must be >= 2, got {self.samples!r}")
 
 
 # --------------------------------------------------------------------------- batch pipeline
@@ -192,8 +161,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         from PIL import Image, ImageOps
 
         with Image.open(self.paths[i]) as im:
-            im = ImageOps.fit(im.convert("RGB"), (self.size, self.size), Image.BILINEAR)
-            array = np.array(im)
+            fitted = ImageOps.fit(im.convert("RGB"), (self.size, self.size), Image.Resampling.BILINEAR)
+            array = np.array(fitted)
         return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.labels[i]
 
 
@@ -245,13 +214,17 @@ class _Part:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, idx: torch.Tensor) -> "_Part":
+    def take(self, idx: torch.Tensor) -> _Part:
         if self.images is not None:
             return _Part(self.labels[idx], images=self.images[idx])
-        return _Part(self.labels[idx], paths=[self.paths[i] for i in idx.tolist()])
+        return _Part(self.labels[idx], paths=[self.files()[i] for i in idx.tolist()])
+
+    def files(self) -> list[str]:
+        assert self.paths is not None, "a part read as arrays has no files"
+        return self.paths
 
 
-_CIFAR = {
+_CIFAR: dict[str, dict[str, Any]] = {
     "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py",
                     train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
                     expect="data_batch_1..5 and test_batch", label_key=b"labels",
@@ -375,14 +348,14 @@ _READERS = {"cifar10": _read_cifar, "cifar100": _read_cifar, "digits": _read_dig
 def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (rest, held-out ≈ fraction), stratified by label, seeded."""
     g = torch.Generator().manual_seed(seed)
-    held, rest = [], []
+    held_parts, rest_parts = [], []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         k = int(round(fraction * len(idx)))
-        held.append(idx[:k])
-        rest.append(idx[k:])
-    held, rest = torch.cat(held), torch.cat(rest)
+        held_parts.append(idx[:k])
+        rest_parts.append(idx[k:])
+    held, rest = torch.cat(held_parts), torch.cat(rest_parts)
     if len(held) == 0:  # tiny datasets: every class rounded down to nothing, still hold out one example
         held, rest = rest[:1], rest[1:]
     return rest.sort().values, held.sort().values
@@ -390,15 +363,15 @@ def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
 
 def _decode_all(part: _Part, size: int) -> _Part:
     """Decode image files into one uint8 tensor, in parallel worker processes when there are many."""
-    files = _ImageFiles(part.paths, part.labels, size)
+    files = _ImageFiles(part.files(), part.labels, size)
     workers = _loader_workers() if len(files) >= 2000 else 0
     loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers)
     return _Part(part.labels, images=torch.cat([x for x, _ in loader]))
 
 
 def _keep_in_memory(cfg: DataConfig, n_images: int, size: int, device: torch.device) -> bool:
-    if cfg.in_memory != "auto":
-        return cfg.in_memory == "true"
+    if isinstance(cfg.in_memory, bool):
+        return cfg.in_memory
     nbytes = n_images * 3 * size * size
     if device.type == "cuda":
         return nbytes < CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
@@ -444,7 +417,7 @@ def _canonical(device: torch.device | str) -> torch.device:
     return device
 
 
-def _store(cfg: DataConfig, device: torch.device) -> _Stored:
+def _store(cfg: DataConfig, split_seed: int, device: torch.device) -> _Stored:
     train, test, classes = _READERS[cfg.name](cfg)
     size = cfg.image_size or NATIVE_SIZES[cfg.name]
     in_memory = True
@@ -452,10 +425,10 @@ def _store(cfg: DataConfig, device: torch.device) -> _Stored:
         in_memory = _keep_in_memory(cfg, len(train) + len(test), size, device)
         if in_memory:
             train, test = _decode_all(train, size), _decode_all(test, size)
-    train_idx, val_idx = _carve(train.labels, cfg.val_fraction, cfg.split_seed)
+    train_idx, val_idx = _carve(train.labels, cfg.val_fraction, split_seed)
     parts = {"train": train.take(train_idx), "val": train.take(val_idx), "test": test}
     # Arrays live on the device unless in_memory: false keeps them in (pinned) host memory.
-    storage = torch.device("cpu") if cfg.in_memory == "false" else device
+    storage = torch.device("cpu") if cfg.in_memory is False else device
     for p in parts.values():
         if p.images is not None:
             p.images = p.images.to(storage)
@@ -466,30 +439,30 @@ def _store(cfg: DataConfig, device: torch.device) -> _Stored:
 
 
 def load_data(cfg: DataConfig, device: torch.device | str, mean: tuple[float, float, float],
-              std: tuple[float, float, float]) -> TaskData:
-    """The dataset of `cfg` on `device`, normalised with mean/std.
+              std: tuple[float, float, float], split_seed: int = 0) -> TaskData:
+    """The dataset of `cfg` on `device`, normalised with mean/std; `split_seed` draws the validation split.
 
     Cached for the process: a worker runs trial after trial, and the same call returns the same
     object without reading anything again. Different mean/std share one copy of the images.
     """
     device = _canonical(device)
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    key = (cfg, str(device), mean, std)
+    norm = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    key = (cfg, split_seed, str(device), *norm)
     if key in _TASKS:
         return _TASKS[key]
-    stored_key = (cfg, str(device))
+    stored_key = (cfg, split_seed, str(device))
     if stored_key not in _STORED:
-        _STORED[stored_key] = _store(cfg, device)
+        _STORED[stored_key] = _store(cfg, split_seed, device)
     stored = _STORED[stored_key]
-    pipeline = _Pipeline(device, mean, std, stored.image_size, augment=cfg.augment == "standard")
+    pipeline = _Pipeline(device, *norm, stored.image_size, augment=cfg.augment == "standard")
 
     def split(part: _Part) -> TensorSplit | FileSplit:
         if part.images is not None:
             return TensorSplit(part.images, part.labels, pipeline)
-        return FileSplit(_ImageFiles(part.paths, part.labels, stored.image_size), pipeline)
+        return FileSplit(_ImageFiles(part.files(), part.labels, stored.image_size), pipeline)
 
-    task = TaskData(cfg, stored.classes, stored.image_size, *(split(stored.parts[k]) for k in ("train", "val", "test")),
-                    in_memory=stored.in_memory)
+    train, val, test = (split(stored.parts[k]) for k in ("train", "val", "test"))
+    task = TaskData(cfg, stored.classes, stored.image_size, train, val, test, in_memory=stored.in_memory)
     _TASKS[key] = task
     return task
 

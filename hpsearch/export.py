@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
-from hpsearch import tracking
+from hpsearch import records, tracking
 from hpsearch.errors import UsageError
 from hpsearch.spec import Spec, fixed_spec, parse_spec
 
@@ -19,14 +20,14 @@ def default_export_dir(study_name: str) -> Path:
     return Path("studies") / study_name / "best"
 
 
-def spec_of_study(study) -> Spec:
-    data = study.user_attrs.get("hpsearch.spec")
+def spec_of_study(study: optuna.Study) -> Spec:
+    data = study.user_attrs.get(records.STUDY_SPEC)
     if not data:
         raise UsageError(f"study {study.study_name!r} was not made by hpsearch (it records no space file)")
-    return parse_spec(data, study.user_attrs.get("hpsearch.space_file"))
+    return parse_spec(data, study.user_attrs.get(records.STUDY_SPACE_FILE))
 
 
-def export_best(study, record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def export_best(study: optuna.Study, record: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write the winner's files into out_dir; returns what was written."""
     spec = spec_of_study(study)
     out_dir.mkdir(parents=True, exist_ok=True)

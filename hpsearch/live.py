@@ -13,6 +13,9 @@ from typing import Any
 
 import click
 
+from hpsearch.devices import Slot
+from hpsearch.records import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
+
 
 def quiet_libraries() -> None:
     """Optuna's and MLflow's INFO chatter (study created, tables created) would bury hpsearch's own lines."""
@@ -72,40 +75,40 @@ class LiveView:
             self._live = None
 
     # ---- events from the orchestrator
-    def _slot(self, slot) -> SlotState:
+    def _slot(self, slot: Slot) -> SlotState:
         return self.slots.setdefault(slot.index, SlotState(slot.label))
 
-    def assign(self, slot, trial_number: int) -> None:
+    def assign(self, slot: Slot, trial_number: int) -> None:
         s = self._slot(slot)
         s.trial, s.epoch, s.epochs, s.images_per_second, s.value = trial_number, 0, 0, None, None
 
-    def on_event(self, slot, event: dict) -> None:
+    def on_event(self, slot: Slot, event: WorkerEvent) -> None:
         s = self._slot(slot)
-        kind = event["event"]
-        if kind == "start":
-            s.epochs = event["epochs"]
-            params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in event["params"].items())
-            self._line(f"[{s.label}#{slot.index}] trial {event['trial']} started: {params}")
-        elif kind == "epoch":
-            s.epoch, s.epochs = event["epoch"], event["epochs"]
-            s.images_per_second, s.value = event["images_per_second"], event[self.metric]
+        if isinstance(event, TrialStarted):
+            s.epochs = event.epochs
+            params = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in event.params.items())
+            self._line(f"[{s.label}#{slot.index}] trial {event.trial} started: {params}")
+        elif isinstance(event, EpochEnded):
+            s.epoch, s.epochs = event.epoch, event.epochs
+            s.images_per_second, s.value = event.metrics["images_per_second"], event.metrics[self.metric]
             if self._live is not None:
                 return  # the table shows the epoch; keep the scrollback to starts and ends
             self._line(
-                f"[{s.label}#{slot.index}] trial {event['trial']} epoch {s.epoch}/{s.epochs} "
+                f"[{s.label}#{slot.index}] trial {event.trial} epoch {s.epoch}/{s.epochs} "
                 f"{self.metric}={_fmt(s.value)} {s.images_per_second:,.0f} img/s"
             )
-        elif kind == "end":
-            self.trial_ended(slot, event["trial"], event["state"], event["value"], event.get("reason"))
+        elif isinstance(event, TrialEnded):
+            self.trial_ended(slot, event.trial, event.state, event.value, event.reason)
 
-    def trial_ended(self, slot, number: int, state: str, value: float | None, reason: str | None) -> None:
+    def trial_ended(self, slot: Slot, number: int, state: str, value: float | None, reason: str | None) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and value is not None and self._better(value):
             self.best, self.best_trial = value, number
         s = self._slot(slot)
         s.trial = None
         why = f" ({reason.splitlines()[0]})" if reason else ""
-        self._line(f"[{s.label}#{slot.index}] trial {number} {state} {self.metric}={_fmt(value)}{why} — {self._counts_text()}")
+        self._line(f"[{s.label}#{slot.index}] trial {number} {state} {self.metric}={_fmt(value)}{why} — "
+                   f"{self._counts_text()}")
 
     def message(self, text: str) -> None:
         self._line(text)
@@ -135,9 +138,8 @@ class LiveView:
             self._last_refresh = time.monotonic()
 
     def _table(self):
-        from rich.table import Table
-
         from rich.console import Group
+        from rich.table import Table
         from rich.text import Text
 
         table = Table()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import difflib
 import os
 import urllib.parse
+from typing import cast
 
 import torch
 import torchvision
 from torch import nn
 
+from hpsearch.config import is_weights_path
 from hpsearch.params import FREEZE_MODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,15 +52,11 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}{hint}")
 
 
-def _is_path(weights: str) -> bool:
-    return "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth"))
-
-
 def resolve_weights(name: str, weights: str | None):
     """None for "none"; a torchvision weights enum for DEFAULT / a member name / "Enum.MEMBER"; else a file path."""
     if weights is None or weights.lower() == "none":
         return None
-    if _is_path(weights):
+    if is_weights_path(weights):
         return weights
     _check_name(name)
     enum = torchvision.models.get_model_weights(name)
@@ -134,7 +132,7 @@ def _preceding_dropout(model: nn.Module, head: str) -> str | None:
 def _disable_aux_heads(model: nn.Module) -> None:
     """GoogLeNet / Inception: drop the auxiliary classifiers (their forward then returns plain logits)."""
     if getattr(model, "aux_logits", False):
-        model.aux_logits = False
+        _note(model, "aux_logits", False)
         for attr in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, attr):
                 setattr(model, attr, None)
@@ -147,18 +145,29 @@ def _adapt(model: nn.Module, num_classes: int, dropout: float | None) -> None:
     parent, attr = _parent(model, head)
     old = parent.get_submodule(attr)
     drop = _preceding_dropout(model, head)
+    new: nn.Module
     if isinstance(old, nn.Conv2d):
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
-    elif dropout is not None and drop is None:
-        new = DropoutLinear(old.in_features, num_classes, dropout)
+        kernel_size, stride = cast(tuple[int, int], old.kernel_size), cast(tuple[int, int], old.stride)
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=kernel_size, stride=stride)
     else:
-        new = nn.Linear(old.in_features, num_classes)
+        assert isinstance(old, nn.Linear)  # _find_head: the last nn.Linear
+        if dropout is not None and drop is None:
+            new = DropoutLinear(old.in_features, num_classes, dropout)
+        else:
+            new = nn.Linear(old.in_features, num_classes)
     setattr(parent, attr, new)
     if dropout is not None and drop is not None:
-        model.get_submodule(drop).p = dropout
-    model.hpsearch_head = head
+        dropout_layer = model.get_submodule(drop)
+        assert isinstance(dropout_layer, nn.Dropout)  # _preceding_dropout finds nn.Dropout only
+        dropout_layer.p = dropout
+    _note(model, "hpsearch_head", head)
     # What stays in train mode when the backbone is frozen: the head and the dropout feeding it.
-    model.hpsearch_head_modules = [head] + ([drop] if drop else [])
+    _note(model, "hpsearch_head_modules", [head] + ([drop] if drop else []))
+
+
+def _note(model: nn.Module, name: str, value: object) -> None:
+    """A plain attribute on the model (hpsearch's notes on it; never part of its state_dict)."""
+    object.__setattr__(model, name, value)
 
 
 def _torchvision_model(name: str, weights) -> nn.Module:
@@ -176,8 +185,8 @@ def _load_file(model: nn.Module, path: str, state: dict, what: str) -> None:
         "of another shape": [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                              for k in own if k in state and state[k].shape != own[k].shape],
     }
-    found = [f"{len(keys)} keys {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-             for kind, keys in problems.items() if keys]
+    found = [f"{len(keys)} keys {problem} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+             for problem, keys in problems.items() if keys]
     if found:
         raise ValueError(f"state_dict file {path} does not fit {what}: {'; '.join(found)}")
     model.load_state_dict(state, strict=True)
@@ -227,7 +236,7 @@ def build_model(name: str, num_classes: int, weights: str = "none", dropout: flo
             # Nothing before the head requires grad, so autograd records no graph for the backbone:
             # backward stops at the head and no backbone activations are kept.
             p.requires_grad_(id(p) in trainable)
-    model.hpsearch_frozen = freeze == "backbone"
+    _note(model, "hpsearch_frozen", freeze == "backbone")
     return model
 
 
@@ -242,7 +251,7 @@ def set_train_mode(model: nn.Module) -> None:
     dropout stay fixed, so it is exactly the feature extractor the head is trained on."""
     if getattr(model, "hpsearch_frozen", False):
         model.eval()
-        for name in model.hpsearch_head_modules:
+        for name in getattr(model, "hpsearch_head_modules", []):
             model.get_submodule(name).train()
     else:
         model.train()

@@ -43,7 +43,7 @@ class HParams:
     patience: int | None = None  # early stopping inside a trial; None → off
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "HParams":
+    def from_dict(cls, values: dict[str, Any]) -> HParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -86,18 +86,18 @@ HPARAM_CHOICES: dict[str, tuple[str, ...]] = {
 
 def check_hparam_value(name: str, value: Any) -> str | None:
     """Return why `value` is not a valid value of hyperparameter `name`, or None when it is."""
-    kind = HPARAM_TYPES[name]
+    py_type = HPARAM_TYPES[name]
     if name in HPARAM_CHOICES:
         if value not in HPARAM_CHOICES[name]:
             return f"must be one of {', '.join(HPARAM_CHOICES[name])}, got {value!r}"
         return None
-    if kind is bool:
+    if py_type is bool:
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, got {value!r}"
-    if kind is int and not float(value).is_integer():
+    if py_type is int and not float(value).is_integer():
         return f"must be a whole number, got {value!r}"
-    low_ok = {
+    in_bounds = {
         "lr": (value > 0, "> 0"),
         "batch_size": (value > 0, "> 0"),
         "epochs": (value > 0, "> 0"),
@@ -110,5 +110,5 @@ def check_hparam_value(name: str, value: Any) -> str | None:
         "label_smoothing": (0 <= value < 1, "in [0, 1)"),
         "patience": (value > 0, "> 0"),
     }
-    ok, rule = low_ok[name]
+    ok, rule = in_bounds[name]
     return None if ok else f"must be {rule}, got {value!r}"

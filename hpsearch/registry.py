@@ -11,15 +11,31 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
-from hpsearch.spec import SpecError
+from hpsearch.checks import SpecError
+from hpsearch.space import ParamSpec
 
-if TYPE_CHECKING:
-    from hpsearch.spec import ParamSpec, PrunerSpec, SamplerSpec
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """`study.sampler`: a name of SAMPLERS and that constructor's keywords."""
+
+    name: str
+    kwargs: dict  # the sampler's own keywords, seed included
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """`study.pruner`: a name of PRUNERS and that constructor's keywords."""
+
+    name: str
+    kwargs: dict  # the pruner's own keywords; patient's wrapped_pruner is a nested PrunerSpec
+
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,
@@ -50,8 +66,8 @@ _NOT_FROM_YAML = ("Callable", "BaseSampler", "FrozenTrial")
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
 
 
-def _table(kind: str) -> dict[str, type]:
-    return SAMPLERS if kind == "sampler" else PRUNERS
+def _table(component: str) -> dict[str, type]:
+    return SAMPLERS if component == "sampler" else PRUNERS
 
 
 def _annotation(param: inspect.Parameter) -> str:
@@ -78,43 +94,43 @@ def _type_problem(annotation: str, value: Any) -> str | None:
     return f"must be {' or '.join(_SIMPLE_TYPES[p] for p in parts)}, got {value!r}"
 
 
-def keywords(kind: str, name: str) -> dict[str, inspect.Parameter]:
+def keywords(component: str, name: str) -> dict[str, inspect.Parameter]:
     """The keywords a spec may set for this sampler/pruner (derived and Python-object ones excluded)."""
-    params = inspect.signature(_table(kind)[name]).parameters
+    params = inspect.signature(_table(component)[name]).parameters
     return {
         key: p
         for key, p in params.items()
-        if (kind, name, key) not in _DERIVED
-        and ((kind, name, key) in _NESTED or not any(t in _annotation(p) for t in _NOT_FROM_YAML))
+        if (component, name, key) not in _DERIVED
+        and ((component, name, key) in _NESTED or not any(t in _annotation(p) for t in _NOT_FROM_YAML))
     }
 
 
-def check_kwargs(kind: str, name: str, kwargs: dict[str, Any], path: str) -> None:
-    """Refuse keywords the `kind` ('sampler' or 'pruner') `name` does not take, values of the wrong type,
-    and missing required ones; `path` is where the keywords sit in the file (e.g. 'study.sampler')."""
-    allowed = keywords(kind, name)
+def check_kwargs(component: str, name: str, kwargs: dict[str, Any], path: str) -> None:
+    """Refuse keywords the `component` ('sampler' or 'pruner') `name` does not take, values of the wrong
+    type, and missing required ones; `path` is where the keywords sit in the file (e.g. 'study.sampler')."""
+    allowed = keywords(component, name)
     for key, value in kwargs.items():
         at = f"{path}.{key}"
-        if (kind, name, key) in _DERIVED:
-            raise SpecError(at, _DERIVED[(kind, name, key)])
+        if (component, name, key) in _DERIVED:
+            raise SpecError(at, _DERIVED[(component, name, key)])
         if key not in allowed:
-            all_params = inspect.signature(_table(kind)[name]).parameters
+            all_params = inspect.signature(_table(component)[name]).parameters
             if key in all_params:
                 raise SpecError(at, "takes a Python object; it cannot be set from a spec file")
             valid = ", ".join(allowed) or "none"
             close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"the {name} {kind} takes: {valid}"
+            hint = f"did you mean {close[0]!r}?" if close else f"the {name} {component} takes: {valid}"
             raise SpecError(at, f"unknown key {key!r} ({hint})")
-        if (kind, name, key) not in _NESTED:
+        if (component, name, key) not in _NESTED:
             problem = _type_problem(_annotation(allowed[key]), value)
             if problem:
                 raise SpecError(at, problem)
     for key, p in allowed.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs and (kind, name, key) not in _NESTED:
-            raise SpecError(f"{path}.{key}", f"required by the {name} {kind}")
-    if kind == "pruner" and name == "threshold" and kwargs.get("lower") is None and kwargs.get("upper") is None:
+        if p.default is inspect.Parameter.empty and key not in kwargs and (component, name, key) not in _NESTED:
+            raise SpecError(f"{path}.{key}", f"required by the {name} {component}")
+    if component == "pruner" and name == "threshold" and kwargs.get("lower") is None and kwargs.get("upper") is None:
         raise SpecError(path, "the threshold pruner needs lower, upper or both")
-    if kind == "sampler" and name in _NEEDS_PACKAGE and importlib.util.find_spec(_NEEDS_PACKAGE[name]) is None:
+    if component == "sampler" and name in _NEEDS_PACKAGE and importlib.util.find_spec(_NEEDS_PACKAGE[name]) is None:
         package = _NEEDS_PACKAGE[name]
         raise SpecError(f"{path}.name", f"the {name} sampler needs the {package!r} package: pip install {package}")
 
@@ -124,14 +140,15 @@ def grid_search_space(search_space: dict[str, ParamSpec]) -> dict[str, list[Any]
     grid: dict[str, list[Any]] = {}
     for name, p in search_space.items():
         if p.type == "categorical":
-            grid[name] = list(p.choices)
+            grid[name] = list(p.options)
         elif p.type == "int":
-            grid[name] = list(range(p.low, p.high + 1, p.step or 1))
+            low, high = p.bounds
+            grid[name] = list(range(int(low), int(high) + 1, int(p.step or 1)))
         elif p.step is not None:
             # Decimal steps keep 0.1 + 0.2 from landing just off Optuna's own grid.
-            low, step = Decimal(str(p.low)), Decimal(str(p.step))
-            count = int((Decimal(str(p.high)) - low) / step)
-            grid[name] = [float(low + i * step) for i in range(count + 1)]
+            first, step = Decimal(str(p.low)), Decimal(str(p.step))
+            count = int((Decimal(str(p.high)) - first) / step)
+            grid[name] = [float(first + i * step) for i in range(count + 1)]
         else:
             raise SpecError(
                 "study.sampler",

@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
+from hpsearch import records, tracking
 from hpsearch import study as study_mod
-from hpsearch import tracking
 from hpsearch.errors import UsageError
 
 
@@ -33,8 +33,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "epochs_run": len(t.intermediate_values),
                 "duration_s": _duration(t),
                 "params": dict(t.params),
-                "mlflow_run_id": t.user_attrs.get(study_mod.ATTR_RUN_ID),
-                "reason": t.user_attrs.get(study_mod.ATTR_FAIL_REASON),
+                "mlflow_run_id": t.user_attrs.get(records.ATTR_RUN_ID),
+                "reason": t.user_attrs.get(records.ATTR_FAIL_REASON),
             }
         )
     return rows
@@ -58,7 +58,7 @@ def best_record(study: optuna.Study, storage_url: str | None, tracking_uri: str)
     if not completed:
         raise UsageError(f"study {study.study_name!r} has no completed trial yet")
     best = study.best_trial
-    run_id = best.user_attrs.get(study_mod.ATTR_RUN_ID)
+    run_id = best.user_attrs.get(records.ATTR_RUN_ID)
     checkpoint = None
     if run_id:
         checkpoint = tracking.checkpoint_uri(tracking.client_for(tracking_uri), run_id)
@@ -66,7 +66,7 @@ def best_record(study: optuna.Study, storage_url: str | None, tracking_uri: str)
         "study_name": study.study_name,
         "storage": study_mod.storage_label(storage_url),
         "tracking_uri": tracking_uri,
-        "metric": study.user_attrs.get("hpsearch.metric"),
+        "metric": study.user_attrs.get(records.STUDY_METRIC),
         "direction": study.direction.name.lower(),
         "trial_number": best.number,
         "value": best.value,

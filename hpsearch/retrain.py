@@ -7,13 +7,14 @@ training data, and the winner is reported on the test set once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from hpsearch import tracking
+from hpsearch import records, tracking
+from hpsearch.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params, trial_seed
 from hpsearch.errors import UsageError
-from hpsearch.objective import build_model_for, build_trainer, hparams_for, load_task_data, run_params, trial_seed
 from hpsearch.spec import Spec
 
 
@@ -62,7 +63,7 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
         -1,
         run_params(spec, hp),
         run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-        extra_tags={tracking.TAG_ROLE: "train"},
+        extra_tags={records.TAG_ROLE: "train"},
     )
     trainer = None
     try:
@@ -92,7 +93,8 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
             time.perf_counter() - started,
         )
     except BaseException as exc:
-        run.finish("FAIL", f"{type(exc).__name__}: {exc}", status="KILLED" if isinstance(exc, KeyboardInterrupt) else None)
+        killed = isinstance(exc, KeyboardInterrupt)
+        run.finish("FAIL", f"{type(exc).__name__}: {exc}", status="KILLED" if killed else None)
         raise
     finally:
         if trainer is not None:

@@ -5,21 +5,23 @@ from __future__ import annotations
 import click
 from optuna.trial import TrialState
 
+from hpsearch import records, tracking
 from hpsearch import study as study_mod
-from hpsearch import tracking
+from hpsearch.devices import plan_slots
 from hpsearch.live import LiveView
 from hpsearch.registry import build_pruner, build_sampler
 from hpsearch.spec import Spec
-from hpsearch.workers import Orchestrator, RunSummary, plan_slots, reap_and_close
+from hpsearch.workers import Orchestrator, RunSummary, reap_and_close
 
 
 def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
-    study, resumed = study_mod.create_or_resume(
-        spec, build_sampler(spec.study.sampler, spec.search_space), build_pruner(spec.study.pruner), storage_url
-    )
-    study.set_user_attr("hpsearch.tracking_uri", spec.tracking.uri)
+    # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
+    # the values are sampled in the workers, each with its own sampler.
+    sampler = build_sampler(spec.study.sampler, spec.search_space)
+    study, resumed = study_mod.create_or_resume(spec, sampler, build_pruner(spec.study.pruner), storage_url)
+    study.set_user_attr(records.STUDY_TRACKING_URI, spec.tracking.uri)
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
     # fail what is still open, then retry each once with the same parameters.
@@ -74,7 +76,9 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
             best = {f"best_{spec.study.metric}": study.best_trial.value}
         study_tracker.close_parent(parent_run_id, best)
 
-    tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})" if summary.best_trial is not None else ""
+    tail = ""
+    if summary.best_trial is not None:
+        tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
     click.echo(
         f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
         f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
@@ -83,7 +87,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     return summary
 
 
-def _parent_params(spec: Spec) -> dict:
+def _parent_params(spec: Spec) -> dict[str, object]:
     return {
         "model": spec.task.model.name,
         "weights": spec.task.model.weights,

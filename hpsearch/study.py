@@ -11,34 +11,37 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import records
 from hpsearch.errors import UsageError
 from hpsearch.locks import file_lock, postgres_lock
+from hpsearch.records import (
+    ATTR_HEARTBEAT,
+    ATTR_HOST,
+    ATTR_OWNER_PID,
+    ATTR_OWNER_START,
+    ATTR_RETRY_OF,
+    ATTR_RETRY_REASON,
+    FailureKind,
+)
+
+if TYPE_CHECKING:
+    from hpsearch.spec import Spec
 
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = str(STUDIES_DIR / "journal.log")
 LAST_RUN_FILE = STUDIES_DIR / ".last_run.json"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# User attributes hpsearch keeps on each Optuna trial.
-ATTR_RUN_ID = "mlflow_run_id"
-ATTR_HOST = "hpsearch.host"
-ATTR_OWNER_PID = "hpsearch.owner_pid"
-ATTR_WORKER_PID = "hpsearch.worker_pid"
-ATTR_HEARTBEAT = "hpsearch.heartbeat"
-ATTR_OWNER_START = "hpsearch.owner_started"
-ATTR_FAIL_REASON = "fail_reason"
-ATTR_RETRY_OF = "hpsearch.retry_of"
-ATTR_RETRY_REASON = "hpsearch.retry_reason"
 
 
 def open_storage(url: str | None) -> BaseStorage:
@@ -65,16 +68,17 @@ def storage_label(url: str | None) -> str:
     return url or DEFAULT_STORAGE
 
 
-def load_existing_study(name: str, storage_url: str | None, sampler=None, pruner=None) -> optuna.Study:
+def load_existing_study(name: str, storage_url: str | None) -> optuna.Study:
     storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
         hint = f"; studies there: {', '.join(sorted(names))}" if names else "; it holds no study yet"
         raise UsageError(f"--study: no study named {name!r} in {storage_label(storage_url)}{hint}")
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
-def create_or_resume(spec, sampler, pruner, storage_url: str | None) -> tuple[optuna.Study, bool]:
+def create_or_resume(spec: Spec, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+                     storage_url: str | None) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists (resume). Returns (study, resumed)."""
     storage = open_storage(storage_url)
     direction = spec.study.direction
@@ -96,14 +100,14 @@ def create_or_resume(spec, sampler, pruner, storage_url: str | None) -> tuple[op
             f"{study.direction.name.lower()}, the file says {direction}"
         )
     # Record what made the study, so `status`/`best`/export can rebuild it without the file.
-    study.set_user_attr("hpsearch.space_file", spec.source)
-    study.set_user_attr("hpsearch.spec", spec.to_dict())
-    study.set_user_attr("hpsearch.metric", spec.study.metric)
+    study.set_user_attr(records.STUDY_SPACE_FILE, spec.source)
+    study.set_user_attr(records.STUDY_SPEC, spec.to_dict())
+    study.set_user_attr(records.STUDY_METRIC, spec.study.metric)
     return study, resumed
 
 
 @contextmanager
-def budget_lock(storage_url: str | None, study_name: str):
+def budget_lock(storage_url: str | None, study_name: str) -> Iterator[None]:
     """Make "count the finished and running trials, then ask one more" atomic across processes.
 
     Several `hpsearch run` processes (on one machine, or on several sharing PostgreSQL) may work on
@@ -128,11 +132,6 @@ def count_states(study: optuna.Study) -> dict[TrialState, int]:
     for t in study.get_trials(deepcopy=False):
         counts[t.state] += 1
     return counts
-
-
-def finished_count(study: optuna.Study) -> int:
-    counts = count_states(study)
-    return sum(counts[s] for s in FINISHED)
 
 
 # ---- ownership: who is running a trial, so a later run can reap what a dead process left RUNNING ----
@@ -186,31 +185,21 @@ def owner_is_alive(trial: FrozenTrial, now: float | None = None) -> bool:
     pid = attrs.get(ATTR_OWNER_PID)
     if not isinstance(pid, int):
         return False
-    started = process_start_time(pid)
-    if started is None:
+    owner_started = process_start_time(pid)
+    if owner_started is None:
         return False
     recorded = attrs.get(ATTR_OWNER_START)
-    return recorded is None or abs(started - recorded) < 1.0
+    return recorded is None or abs(owner_started - recorded) < 1.0
 
 
-def beat(study: optuna.Study, trial_ids) -> None:
+def beat(study: optuna.Study, trial_ids: Iterable[int]) -> None:
     """Record that this process still owns these RUNNING trials (read by other machines)."""
     now = time.time()
     for trial_id in trial_ids:
         try:
-            study._storage.set_trial_user_attr(trial_id, ATTR_HEARTBEAT, now)
+            records.set_trial_attr(study, trial_id, ATTR_HEARTBEAT, now)
         except (RuntimeError, ValueError):
             pass  # finished meanwhile
-
-
-def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, kind: str) -> None:
-    storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, ATTR_FAIL_REASON, reason)
-    storage.set_trial_user_attr(trial._trial_id, "hpsearch.fail_kind", kind)
-    try:
-        study.tell(trial.number, state=TrialState.FAIL)
-    except (ValueError, RuntimeError):
-        pass  # someone finished it meanwhile
 
 
 def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
@@ -218,7 +207,7 @@ def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not owner_is_alive(t):
-            fail_trial(study, t, "its worker process was gone (found by a later run)", "reaped")
+            records.fail_trial(study, t, "its worker process was gone (found by a later run)", FailureKind.REAPED)
             reaped.append(t)
     return reaped
 
@@ -248,7 +237,7 @@ def retry_candidates(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get("hpsearch.fail_kind") in ("killed", "reaped", "interrupted")
+        if t.user_attrs.get(records.ATTR_FAILURE) in records.RETRIED_FAILURES
         and ATTR_RETRY_OF not in t.user_attrs
         and t.number not in retried
     ]

@@ -14,30 +14,32 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # No progress bars from artifact downloads: `best --format json` output must stay parseable.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from hpsearch.records import (  # noqa: E402
+    MAX_TAG_CHARS,
+    RUN_STATUS,
+    TAG_CHECKPOINT_ERROR,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    close_run,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "model.pt"
-
-TAG_ROLE = "hpsearch.role"
-TAG_STATE = "hpsearch.state"
-TAG_FAIL_REASON = "hpsearch.fail_reason"
-TAG_STUDY = "optuna.study_name"
-TAG_TRIAL = "optuna.trial_number"
-TAG_PARENT = "mlflow.parentRunId"
-
-# Optuna trial state → MLflow run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
-
 
 _SQLITE_TUNED = False
 
@@ -109,14 +111,16 @@ class StudyTracker:
     """The study-level records: the experiment and the parent run (reused when a study resumes)."""
 
     def __init__(self, uri: str, experiment: str):
-        self.uri = uri
         self.client = client_for(uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             try:
                 self.experiment_id = self.client.create_experiment(experiment)
             except MlflowException:  # another process created it a moment ago
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+                created = self.client.get_experiment_by_name(experiment)
+                if created is None:
+                    raise
+                self.experiment_id = created.experiment_id
         else:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
@@ -142,12 +146,9 @@ class StudyTracker:
         return run.info.run_id
 
     def close_parent(self, run_id: str, best: Mapping[str, Any] | None) -> None:
-        if best:
-            self.client.log_batch(
-                run_id,
-                metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in best.items()],
-            )
-        self.client.set_terminated(run_id, "FINISHED")
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in (best or {}).items()]
+        close_run(self.client, run_id, "FINISHED", metrics=metrics)
 
 
 class _BackgroundWriter:
@@ -210,7 +211,7 @@ class TrialRun:
         params: Mapping[str, Any],
         run_name: str | None = None,
         extra_tags: Mapping[str, str] | None = None,
-    ) -> "TrialRun":
+    ) -> TrialRun:
         tags = {
             TAG_STUDY: study_name,
             TAG_TRIAL: str(trial_number),
@@ -268,16 +269,13 @@ class TrialRun:
         self.finished = True
 
         def close() -> None:
-            tags = [RunTag(TAG_STATE, state)]
-            if reason:
-                tags.append(RunTag(TAG_FAIL_REASON, reason[:4000]))
+            tags = {}
             if checkpoint is not None:
                 try:
                     self.log_checkpoint(checkpoint)
                 except Exception as exc:
-                    tags.append(RunTag("hpsearch.checkpoint_error", str(exc)[:4000]))
-            self.client.log_batch(self.run_id, tags=tags)
-            self.client.set_terminated(self.run_id, status or RUN_STATUS[state])
+                    tags[TAG_CHECKPOINT_ERROR] = str(exc)[:MAX_TAG_CHARS]
+            close_run(self.client, self.run_id, status or RUN_STATUS[state], state=state, reason=reason, tags=tags)
 
         _WRITER.submit(close)
         if wait:
@@ -292,20 +290,19 @@ def close_killed_run(uri: str, run_id: str, reason: str) -> None:
     except Exception:
         return
     if run.info.status in ("RUNNING", "SCHEDULED"):
-        client.log_batch(run_id, tags=[RunTag(TAG_STATE, "FAIL"), RunTag(TAG_FAIL_REASON, reason[:4000])])
-        client.set_terminated(run_id, "KILLED")
+        close_run(client, run_id, "KILLED", state="FAIL", reason=reason)
 
 
 def close_stale_runs(uri: str, experiment_id: str, states: Mapping[int, str]) -> int:
     """Close trial runs left RUNNING whose Optuna trial has ended (a worker died mid-write); returns how many."""
     client = client_for(uri)
     closed = 0
-    for run in client.search_runs([experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'RUNNING'"):
+    running_trials = f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=running_trials):
         number = run.data.tags.get(TAG_TRIAL)
         state = states.get(int(number)) if number and number.lstrip("-").isdigit() else None
         if state in RUN_STATUS:
-            client.log_batch(run.info.run_id, tags=[RunTag(TAG_STATE, state)])
-            client.set_terminated(run.info.run_id, "KILLED" if state == "FAIL" else RUN_STATUS[state])
+            close_run(client, run.info.run_id, "KILLED" if state == "FAIL" else RUN_STATUS[state], state=state)
             closed += 1
     return closed
 

@@ -2,7 +2,7 @@
 
 On CUDA the whole train step (forward, backward, optimizer step) is captured once in a CUDA graph
 and replayed: MobileNetV2-sized models are bound by kernel launches, and a replay launches them all
-at once (6-9x faster; DESIGN §8). What a graph needs shapes the code: fixed batch shapes (epochs
+at once (6-9x faster; docs/design.md). What a graph needs shapes the code: fixed batch shapes (epochs
 drop the ragged last batch), inputs copied into static buffers, the learning rate as a device
 tensor the scheduler updates in place, and the running loss summed on the device so that nothing
 syncs with the host until the epoch ends. A capture that fails falls back to eager steps and turns
@@ -19,13 +19,15 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from hpsearch.models import set_train_mode
 from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
@@ -85,7 +87,7 @@ def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim
     """
     params = list(params)
     lr = torch.tensor(hp.lr, dtype=torch.float32, device=params[0].device) if lr_tensor else hp.lr
-    graph = {"capturable": True} if lr_tensor else {}
+    graph: dict[str, Any] = {"capturable": True} if lr_tensor else {}
     name = hp.optimizer
     if name == "sgd":
         # Nesterov without momentum is meaningless (torch refuses it): a sampled momentum of 0 turns it off.
@@ -109,7 +111,8 @@ class LRSchedule:
     the validation metric once per epoch: `epoch_end(value)` steps it, after any warm-up.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, per_step=None, plateau=None, plateau_from_epoch: int = 0):
+    def __init__(self, optimizer: torch.optim.Optimizer, per_step: LRScheduler | None = None,
+                 plateau: ReduceLROnPlateau | None = None, plateau_from_epoch: int = 0):
         self.optimizer = optimizer
         self.per_step = per_step  # a torch LRScheduler stepped per optimizer step, or None
         self.plateau = plateau  # a ReduceLROnPlateau stepped per epoch, or None
@@ -143,7 +146,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epo
     main_steps = max(1, (epochs - warm) * spe)
     sched = torch.optim.lr_scheduler
     name = hp.scheduler
-    plateau = None
+    plateau: ReduceLROnPlateau | None = None
+    main: LRScheduler | None
+    per_step: LRScheduler | None
     if name == "onecycle":
         total = epochs * spe
         # The peak comes at the first step after the warm-up, as LinearLR's warm-up does for the other
@@ -165,7 +170,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epo
     elif name == "exponential":
         main = sched.ExponentialLR(optimizer, gamma=hp.gamma ** (1 / spe))
     elif name == "plateau":
-        mode = "max" if direction == "maximize" else "min"
+        mode: Literal["min", "max"] = "max" if direction == "maximize" else "min"
         plateau = sched.ReduceLROnPlateau(optimizer, mode=mode, factor=hp.gamma, patience=PLATEAU_PATIENCE)
         main = None
     elif name == "none":
@@ -289,7 +294,7 @@ class Trainer:
         self.memory_format = _memory_format(self.device, settings)
         if cuda:
             torch.backends.cudnn.benchmark = True  # shapes are static; pick the fastest kernels once
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(trainable, hp, lr_tensor=self.use_graphs)
         self.batch_size = min(hp.batch_size, len(data.train))
@@ -303,12 +308,12 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=self.device)
         self._steps = torch.zeros((), dtype=torch.long, device=self.device)
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._graph = None
-        self._static = None  # (x, y) buffers the graph reads
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) buffers the graph reads
         self._eager_steps = 0
         # One side stream on our device for the warm-up steps and the capture (torch.cuda.graph would
         # otherwise make its own on whichever device is current).
-        self._side_stream = torch.cuda.Stream(self.device) if self.use_graphs else None
+        self._side_stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.use_graphs else None
 
         self.history: list[EpochStats] = []
         self.best_epoch: int | None = None
@@ -366,6 +371,7 @@ class Trainer:
                     self.use_graphs = False
                     self._eager_step(x, y)
                     return
+            assert self._graph is not None and self._static is not None
             static_x, static_y = self._static
             static_x.copy_(x)  # into the model's memory format, if x is not in it yet
             static_y.copy_(y)
@@ -374,6 +380,7 @@ class Trainer:
     def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """A real training step, run eagerly on the side stream as graph capture requires."""
         side = self._side_stream
+        assert side is not None  # made with the trainer when it uses graphs
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), warnings.catch_warnings():
             # torch warns that a capturable optimizer steps uncaptured: expected before capture.
@@ -390,7 +397,9 @@ class Trainer:
         # replay writes them afresh instead of accumulating.
         self.optimizer.zero_grad(set_to_none=True)
         previous = torch.cuda.current_stream(self.device)
-        graph = pool = failure = None
+        graph: torch.cuda.CUDAGraph | None = None
+        pool = None
+        failure: str | None = None
         try:
             try:
                 graph = torch.cuda.CUDAGraph()
@@ -408,7 +417,7 @@ class Trainer:
             return None
         # Out of the except block, the exception's frames (and the capture's tensors they held) are gone.
         del static_x, static_y
-        if _release_unfinished_pool(pool):
+        if _release_unfinished_pool(pool) and graph is not None:
             with contextlib.suppress(Exception):
                 graph.reset()  # drops its capture id and generator states
             _failed_graphs.append(graph)  # torch's host allocator may still call a filter that reads it
@@ -487,7 +496,8 @@ class Trainer:
         The best weights are kept, moved to host memory (best_state_dict then refers to that copy).
         """
         self.best_state_dict = self.best_state_dict_cpu()
-        self.model = self.optimizer = self.schedule = self.criterion = None
+        # A released trainer is never trained again: its parts may go.
+        self.model = self.optimizer = self.schedule = self.criterion = None  # type: ignore[assignment]
         self._graph = self._static = self._side_stream = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,4 +1,4 @@
-"""Device slots and worker processes: the parent hands out trials, the workers train them.
+"""Worker processes and the orchestrator: the parent hands out trials, the workers train them.
 
 The parent process owns the budget: it alone calls `study.ask()` (under the storage's own locking),
 so the study ends with exactly `n_trials` finished trials however many workers run. Each worker is a
@@ -6,7 +6,8 @@ spawned process pinned to one device (CUDA_VISIBLE_DEVICES) that stays alive acr
 its dataset on the device. Sampling happens in the worker at the first `suggest`, from the same
 sampler settings everywhere (the seed is offset per worker so parallel workers don't draw identical
 first samples). The parent watches the workers: one that dies has its trial failed, its MLflow run
-closed as KILLED, the trial retried once with the same parameters, and is replaced.
+closed as KILLED, the trial retried once with the same parameters, and is replaced. Slots (which
+device each worker gets) are planned in devices.py.
 """
 
 from __future__ import annotations
@@ -17,139 +18,40 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import records, tracking
 from hpsearch import study as study_mod
-from hpsearch import tracking
+from hpsearch.devices import Slot
 from hpsearch.errors import RunFailure
 from hpsearch.live import LiveView
-
-
-@dataclass(frozen=True)
-class Slot:
-    index: int
-    gpu: int | None  # None: a CPU slot; else the GPU's index among those this process sees
-    threads: int | None = None  # CPU threads for a CPU slot
-    memory_fraction: float | None = None  # share of its GPU's memory, when slots share a GPU
-
-    @property
-    def label(self) -> str:
-        return f"cuda:{self.gpu}" if self.gpu is not None else "cpu"
-
-    def env(self, parent_visible: str | None = None) -> dict[str, str]:
-        """The worker's environment: its one GPU (named as the parent's mask names it), its threads.
-
-        `parent_visible` is the parent's CUDA_VISIBLE_DEVICES (read from the environment when None).
-        """
-        if parent_visible is None:
-            parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        # A CPU slot hides every GPU so that nothing in it can touch one by accident.
-        env = {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else physical_gpu(self.gpu, parent_visible)}
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
-        return env
-
-
-def physical_gpu(index: int, parent_visible: str | None) -> str:
-    """The CUDA_VISIBLE_DEVICES entry for the parent's GPU `index`.
-
-    Indices count inside the parent's own mask: under CUDA_VISIBLE_DEVICES=2,3 (SLURM, shared boxes)
-    GPU 0 is physical GPU 2. Entries are passed on verbatim, so UUIDs (GPU-…) and MIG instances
-    (MIG-…) keep working; without a mask the index is the physical one.
-    """
-    if parent_visible is None or not parent_visible.strip():
-        return str(index)
-    entries = [e.strip() for e in parent_visible.split(",") if e.strip()]
-    if index >= len(entries):
-        raise ValueError(f"GPU {index} is not among CUDA_VISIBLE_DEVICES={parent_visible}")
-    return entries[index]
-
-
-GPU_MEMORY_SHARE = 0.95  # of a GPU's memory, split between the trials packed on it
-
-
-def _usable_cores() -> int:
-    """Cores this process may run on (a container's or taskset's share, not the whole machine's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
-def visible_gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()  # NVML-based: does not create a CUDA context here
-    except Exception:
-        return 0
-
-
-def auto_cpu_slots(cores: int) -> int:
-    """How many trials `trials_per_device: auto` runs at once on `cores` CPU cores.
-
-    One single-threaded trial per core, measured faster than one trial using every core
-    (benchmarks/parallel.py --only cpu-slots; docs/benchmarks.md): the small convolutions of a
-    fine-tuning trial parallelise poorly over threads, while separate trials never wait on each
-    other. Capped, since every worker holds its own copy of the dataset and model.
-    """
-    return max(1, min(cores, AUTO_CPU_SLOTS_MAX))
-
-
-AUTO_CPU_SLOTS_MAX = 8
-
-
-def plan_slots(devices, trials_per_device: int | str, gpu_count: int | None = None,
-               cpu_count: int | None = None) -> list[Slot]:
-    """devices: "auto" | "cpu" | a tuple of GPU indices → one Slot per (device, k < trials_per_device).
-
-    trials_per_device "auto" is 1 per GPU, and auto_cpu_slots() on the CPU.
-    """
-    if devices == "auto":
-        n = visible_gpu_count() if gpu_count is None else gpu_count
-        gpus: list[int | None] = list(range(n)) if n else [None]
-    elif devices == "cpu":
-        gpus = [None]
-    else:
-        n = visible_gpu_count() if gpu_count is None else gpu_count
-        missing = [g for g in devices if g >= n]
-        if missing:
-            from hpsearch.errors import UsageError
-
-            raise UsageError(f"--devices: GPU {missing[0]} does not exist (this machine sees {n} GPU(s))")
-        gpus = list(devices)
-    cores = cpu_count or _usable_cores()
-    if trials_per_device == "auto":
-        trials_per_device = auto_cpu_slots(cores) if None in gpus else 1
-    n_cpu_slots = trials_per_device if None in gpus else 0
-    threads = max(1, cores // n_cpu_slots) if n_cpu_slots else None
-    # An explicit OMP_NUM_THREADS caps it: several runs sharing a machine must not oversubscribe
-    # the cores (OpenMP threads spinning at a barrier for a descheduled peer cost up to 6x here).
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    if threads and cap.isdigit() and int(cap) > 0:
-        threads = min(threads, int(cap))
-    # Trials packed on one GPU each get an equal share of its memory (less a margin for the CUDA
-    # context and cuDNN workspaces, which the cap does not cover), so one greedy trial cannot starve
-    # its neighbours into out-of-memory errors.
-    fraction = GPU_MEMORY_SHARE / trials_per_device if trials_per_device > 1 else None
-    slots = []
-    for gpu in gpus:
-        for _ in range(trials_per_device):
-            slots.append(Slot(len(slots), gpu, threads if gpu is None else None,
-                              fraction if gpu is not None else None))
-    return slots
-
+from hpsearch.records import (
+    FailureKind,
+    TrialEnded,
+    WorkerEvent,
+    WorkerFatal,
+    WorkerFree,
+    WorkerReady,
+    WorkerRetiring,
+)
+from hpsearch.spec import Spec
 
 # ------------------------------------------------------------------------------------------ worker
 
 
-def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: str | None, tracking_uri: str,
-                experiment_id: str, parent_run_id: str, incarnation: int, tasks, events) -> None:
-    """Entry point of a worker process: set up once, then train trial after trial until told to stop."""
-    from hpsearch.objective import GUARD, Interrupted, TrialContext, run_trial
+def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: str, experiment_id: str,
+                parent_run_id: str, incarnation: int, tasks: Any, events: Any) -> None:
+    """Entry point of a worker process: set up once, then train trial after trial until told to stop.
+
+    `spec` was validated by the parent; `tasks` brings trial ids (None: stop), `events` takes
+    (slot index, WorkerEvent) to the parent.
+    """
+    from hpsearch.interrupts import GUARD, Interrupted
+    from hpsearch.objective import TrialContext, run_trial
 
     parent = os.getppid()
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
@@ -170,10 +72,9 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
         if slot.memory_fraction and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
         from hpsearch.registry import build_pruner, build_sampler
-        from hpsearch.spec import parse_spec
         from hpsearch.train import graphs_disabled_reason
 
-        spec = parse_spec(spec_dict, source)
+        # This process's one sampler; its seed is offset so that parallel workers draw different samples.
         sampler = build_sampler(spec.study.sampler, spec.search_space, seed_offset=1 + slot.index + 1000 * incarnation)
         study = optuna.load_study(
             study_name=spec.study.name,
@@ -181,35 +82,35 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
             sampler=sampler,
             pruner=build_pruner(spec.study.pruner),
         )
-        ctx = TrialContext(
+        context = TrialContext(
             spec=spec,
             study=study,
             client=tracking.client_for(tracking_uri),
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
             device="cpu" if slot.gpu is None else "cuda",
-            on_event=lambda e: events.put((slot.index, e)),
+            on_event=lambda event: events.put((slot.index, event)),
         )
-        message = _warm_up(spec, ctx.device)
+        message = _warm_up(spec, context.device)
         if message:
-            events.put((slot.index, {"event": "fatal", "message": message}))
+            context.on_event(WorkerFatal(message))
             return
         # Everything alive now (libraries, the dataset) lives as long as the worker: move it out of
         # the collector's sight, so the collection after each trial scans only that trial's objects
         # (~600k objects, 0.35 s a trial, otherwise).
         gc.freeze()
-        events.put((slot.index, {"event": "ready", "pid": os.getpid()}))
+        context.on_event(WorkerReady())
         while True:
             trial_id = _next_task(tasks, parent)
             if trial_id is None:
                 break
-            outcome = run_trial(ctx, trial_id)
-            events.put((slot.index, {"event": "done", "trial": outcome.number, "state": outcome.state}))
+            outcome = run_trial(context, trial_id)
+            context.on_event(WorkerFree(outcome.number))
             broken = graphs_disabled_reason()
             if broken:
                 # A failed CUDA graph capture can leave the CUDA context degraded for the process's
                 # life: hand the slot to a fresh process instead of training on in this one.
-                events.put((slot.index, {"event": "retire", "reason": f"CUDA graph capture failed ({broken})"}))
+                context.on_event(WorkerRetiring(f"CUDA graph capture failed ({broken})"))
                 break
     except (Interrupted, KeyboardInterrupt):
         pass
@@ -220,7 +121,7 @@ def worker_main(slot: Slot, spec_dict: dict, source: str | None, storage_url: st
 PARENT_CHECK_SECONDS = 2.0
 
 
-def _next_task(tasks, parent: int) -> int | None:
+def _next_task(tasks: Any, parent: int) -> int | None:
     """The next trial id from the parent; None when told to stop or when the parent is gone."""
     while True:
         try:
@@ -243,14 +144,14 @@ def _term_when_parent_dies(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _warm_up(spec, device: str) -> str | None:
+def _warm_up(spec: Spec, device: str) -> str | None:
     """Load the dataset onto the device and check the weights once, before the first trial.
 
     A missing dataset or weights file would fail every trial the same way: report it once instead.
     """
+    from hpsearch.builders import load_task_data
     from hpsearch.data import DatasetNotFound
     from hpsearch.models import WeightsNotAvailable, build_model
-    from hpsearch.objective import load_task_data
 
     try:
         load_task_data(spec, device)
@@ -264,11 +165,11 @@ def _warm_up(spec, device: str) -> str | None:
 # ------------------------------------------------------------------------------------------ parent
 
 
-def reap_and_close(study: optuna.Study, tracking_uri: str) -> list:
+def reap_and_close(study: optuna.Study, tracking_uri: str) -> list[FrozenTrial]:
     """Fail the RUNNING trials whose owner is gone and close their MLflow runs as KILLED."""
     reaped = study_mod.reap_orphans(study)
     for t in reaped:
-        run_id = t.user_attrs.get(study_mod.ATTR_RUN_ID)
+        run_id = t.user_attrs.get(records.ATTR_RUN_ID)
         if run_id:
             tracking.close_killed_run(tracking_uri, run_id, "its worker process was gone")
     return reaped
@@ -278,8 +179,7 @@ def reap_and_close(study: optuna.Study, tracking_uri: str) -> list:
 class WorkerHandle:
     slot: Slot
     process: Any
-    tasks: Any
-    incarnation: int
+    tasks: Any  # the worker's queue of trial ids
     ready: bool = False
     trial_id: int | None = None
     trial_number: int | None = None
@@ -297,7 +197,6 @@ class RunSummary:
     seconds: float
     best_value: float | None = None
     best_trial: int | None = None
-    messages: list[str] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -308,8 +207,8 @@ class Orchestrator:
     MAX_START_FAILURES = 3
     MIN_FAILURES_IN_A_ROW = 5
 
-    def __init__(self, spec, study: optuna.Study, slots: list[Slot], storage_url: str | None, tracking_uri: str,
-                 experiment_id: str, parent_run_id: str, live: LiveView):
+    def __init__(self, spec: Spec, study: optuna.Study, slots: list[Slot], storage_url: str | None,
+                 tracking_uri: str, experiment_id: str, parent_run_id: str, live: LiveView):
         self.spec = spec
         self.study = study
         self.slots = slots
@@ -318,8 +217,8 @@ class Orchestrator:
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.live = live
-        self.ctx = mp.get_context("spawn")
-        self.events = self.ctx.Queue()
+        self.mp_context = mp.get_context("spawn")
+        self.events = self.mp_context.Queue()
         self.workers: dict[int, WorkerHandle] = {}
         self.stop_requested = False
         self.hard_stop = False
@@ -329,7 +228,7 @@ class Orchestrator:
         self.incarnations = 0
 
     # ---- signals
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_requested:
             self.hard_stop = True
         self.stop_requested = True
@@ -337,16 +236,16 @@ class Orchestrator:
     # ---- workers
     def _spawn(self, slot: Slot, deaths_before_ready: int = 0) -> WorkerHandle:
         self.incarnations += 1
-        tasks = self.ctx.Queue()
+        tasks = self.mp_context.Queue()
         env = slot.env()
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned child inherits the environment at start
         try:
-            proc = self.ctx.Process(
+            proc = self.mp_context.Process(
                 target=worker_main,
                 name=f"hpsearch-worker-{slot.index}",
-                args=(slot, self.spec.to_dict(), self.spec.source, self.storage_url, self.tracking_uri,
-                      self.experiment_id, self.parent_run_id, self.incarnations, tasks, self.events),
+                args=(slot, self.spec, self.storage_url, self.tracking_uri, self.experiment_id, self.parent_run_id,
+                      self.incarnations, tasks, self.events),
                 # Not a daemon: a daemon may not start children, and image folders are decoded by
                 # DataLoader processes. The orchestrator reaps its workers itself (run's finally,
                 # and the death signal each worker asks for).
@@ -359,7 +258,7 @@ class Orchestrator:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        handle = WorkerHandle(slot, proc, tasks, self.incarnations, deaths_before_ready=deaths_before_ready)
+        handle = WorkerHandle(slot, proc, tasks, deaths_before_ready=deaths_before_ready)
         self.workers[slot.index] = handle
         return handle
 
@@ -374,20 +273,22 @@ class Orchestrator:
     def _dispatch(self, handle: WorkerHandle) -> None:
         trial = self.study.ask()
         for key, value in study_mod.owner_attrs().items():
-            self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
-        handle.trial_id, handle.trial_number = trial._trial_id, trial.number
-        handle.tasks.put(trial._trial_id)
+            trial.set_user_attr(key, value)
+        handle.trial_id, handle.trial_number = records.trial_id(trial), trial.number
+        handle.tasks.put(handle.trial_id)
         self.live.assign(handle.slot, trial.number)
 
-    def _fail_orphan(self, handle: WorkerHandle, reason: str, kind: str) -> None:
+    def _fail_orphan(self, handle: WorkerHandle, reason: str, failure: FailureKind) -> None:
         """The worker died with a trial in hand: fail it, close its run, retry it once."""
-        frozen = self.study._storage.get_trial(handle.trial_id)
+        trial_id = handle.trial_id
+        assert trial_id is not None, "only a busy worker has a trial to fail"
+        frozen = records.get_trial(self.study, trial_id)
         if frozen.state == TrialState.RUNNING:
-            study_mod.fail_trial(self.study, frozen, reason, kind)
-            run_id = frozen.user_attrs.get(study_mod.ATTR_RUN_ID)
+            records.fail_trial(self.study, frozen, reason, failure)
+            run_id = frozen.user_attrs.get(records.ATTR_RUN_ID)
             if run_id:
                 tracking.close_killed_run(self.tracking_uri, run_id, reason)
-            frozen = self.study._storage.get_trial(handle.trial_id)
+            frozen = records.get_trial(self.study, trial_id)
             if not self.stop_requested and study_mod.enqueue_retry(self.study, frozen):
                 self.live.message(f"trial {frozen.number} will be retried once with the same parameters")
             self.live.trial_ended(handle.slot, frozen.number, "FAIL", None, reason)
@@ -402,7 +303,7 @@ class Orchestrator:
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 reason = f"worker process died ({how}) on {handle.slot.label}"
                 self.live.message(f"slot {index}: {reason} during trial {handle.trial_number}")
-                self._fail_orphan(handle, reason, "killed")
+                self._fail_orphan(handle, reason, FailureKind.KILLED)
                 self._count_outcome("FAIL", reason)
             del self.workers[index]
             if self.stop_requested:
@@ -415,21 +316,20 @@ class Orchestrator:
                 )
             self._spawn(handle.slot, deaths)
 
-    def _handle_event(self, index: int, event: dict) -> None:
+    def _handle_event(self, index: int, event: WorkerEvent) -> None:
         handle = self.workers.get(index)
-        kind = event["event"]
-        if kind == "ready" and handle is not None:
+        if isinstance(event, WorkerReady) and handle is not None:
             handle.ready = True
-        elif kind == "fatal":
-            self.fatal = event["message"]
+        elif isinstance(event, WorkerFatal):
+            self.fatal = event.message
             self.stop_requested = True
-        elif kind == "end":
-            if event.get("kind") == "oom" and handle is not None:
+        elif isinstance(event, TrialEnded):
+            if event.failure is FailureKind.OOM and handle is not None:
                 self._retry_oom_beside_neighbours(handle)
-            self._count_outcome(event["state"], event.get("reason"))
-        elif kind == "retire" and handle is not None:
-            self.live.message(f"slot {index}: {event['reason']}; starting a fresh worker process")
-        elif kind == "done" and handle is not None and handle.trial_number == event["trial"]:
+            self._count_outcome(event.state, event.reason)
+        elif isinstance(event, WorkerRetiring) and handle is not None:
+            self.live.message(f"slot {index}: {event.reason}; starting a fresh worker process")
+        elif isinstance(event, WorkerFree) and handle is not None and handle.trial_number == event.trial:
             handle.trial_id = handle.trial_number = None
         if handle is not None:
             self.live.on_event(handle.slot, event)
@@ -441,7 +341,7 @@ class Orchestrator:
                       and h.trial_id is not None]
         if not neighbours or handle.trial_id is None or self.stop_requested:
             return
-        frozen = self.study._storage.get_trial(handle.trial_id)
+        frozen = records.get_trial(self.study, handle.trial_id)
         reason = (f"out of memory on {handle.slot.label} while {len(neighbours)} other trial(s) shared it; "
                   "retried once with the same parameters")
         if frozen.state == TrialState.FAIL and study_mod.enqueue_retry(self.study, frozen, reason):
@@ -478,7 +378,7 @@ class Orchestrator:
         if now - self.last_beat < study_mod.HEARTBEAT_SECONDS:
             return
         self.last_beat = now
-        study_mod.beat(self.study, [h.trial_id for h in busy])
+        study_mod.beat(self.study, [h.trial_id for h in busy if h.trial_id is not None])
         if not may_start:  # the budget waits on RUNNING trials: some may belong to a dead machine
             for t in reap_and_close(self.study, self.tracking_uri):
                 self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
@@ -502,9 +402,10 @@ class Orchestrator:
                 handle.process.kill()
                 handle.process.join(5)
             if handle.trial_id is not None:
-                frozen = self.study._storage.get_trial(handle.trial_id)
+                frozen = records.get_trial(self.study, handle.trial_id)
                 if frozen.state == TrialState.RUNNING:
-                    self._fail_orphan(handle, "interrupted: the run was stopped (Ctrl-C or SIGTERM)", "interrupted")
+                    reason = "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
+                    self._fail_orphan(handle, reason, FailureKind.INTERRUPTED)
         self.workers.clear()
 
     def run(self, timeout: float | None) -> RunSummary:

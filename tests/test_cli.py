@@ -6,7 +6,7 @@ import pytest
 
 from hpsearch.cli import main
 
-from conftest import REPO
+from .support import REPO
 
 
 def call(capsys, *argv: str) -> tuple[int, str, str]:
@@ -83,7 +83,8 @@ def test_help_lists_every_command(capsys):
         assert command in out
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in REPO.glob("*/*.yaml") if p.parent.name in ("spaces", "examples")))
+@pytest.mark.parametrize("path", sorted(str(p) for p in REPO.glob("*/*.yaml")
+                                         if p.parent.name in ("spaces", "examples")))
 def test_every_shipped_space_validates(capsys, path):
     code, out, err = call(capsys, "validate", path)
     assert code == 0, err

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+
+from .support import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,13 +13,12 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from hpsearch.devices import Slot, plan_slots
 from hpsearch.errors import UsageError
+from hpsearch.records import FailureKind, TrialEnded, WorkerRetiring
 from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking import DEFAULT_TRACKING_URI
-from hpsearch.workers import AUTO_CPU_SLOTS_MAX, Slot, plan_slots
 
-from conftest import run_cli
-
+from .support import run_cli
 
 # ------------------------------------------------------------------ slots → CUDA_VISIBLE_DEVICES
 
@@ -87,7 +86,7 @@ def test_auto_trials_per_device_is_one_per_gpu_and_one_single_threaded_trial_per
     assert [s.gpu for s in plan_slots("auto", "auto", gpu_count=2, cpu_count=2)] == [0, 1]
     assert [(s.gpu, s.threads) for s in plan_slots("auto", "auto", gpu_count=0, cpu_count=2)] == [(None, 1)] * 2
     many = plan_slots("cpu", "auto", gpu_count=0, cpu_count=64)
-    assert len(many) == AUTO_CPU_SLOTS_MAX and all(s.threads == 64 // AUTO_CPU_SLOTS_MAX for s in many)
+    assert [(s.gpu, s.threads) for s in many] == [(None, 8)] * 8  # README: at most 8, the cores split among them
 
 
 def test_slot_label():
@@ -300,7 +299,7 @@ def _orchestrator_with_two_trials_on_one_gpu(capsys):
     for slot in slots:
         trial = study.ask()
         trial.suggest_float("lr", 1e-3, 1.0)
-        handle = WorkerHandle(slot, _Process(), None, 1, ready=True, trial_id=trial._trial_id, trial_number=trial.number)
+        handle = WorkerHandle(slot, _Process(), None, ready=True, trial_id=trial._trial_id, trial_number=trial.number)
         orchestrator.workers[slot.index] = handle
         handles.append(handle)
     return orchestrator, study, handles
@@ -309,8 +308,8 @@ def _orchestrator_with_two_trials_on_one_gpu(capsys):
 def _oom_ends(orchestrator, study, handle) -> None:
     """What a worker does when its trial runs out of memory: tell FAIL, then report the end."""
     study.tell(handle.trial_number, state=TrialState.FAIL)
-    orchestrator._handle_event(handle.slot.index, {"event": "end", "trial": handle.trial_number, "state": "FAIL",
-                                                   "value": None, "reason": "out of memory: ...", "kind": "oom"})
+    orchestrator._handle_event(handle.slot.index, TrialEnded(handle.trial_number, "FAIL", None, "out of memory: ...",
+                                                             FailureKind.OOM))
 
 
 def test_out_of_memory_beside_a_running_neighbour_is_retried_once_with_the_reason(capsys):
@@ -336,3 +335,20 @@ def test_out_of_memory_alone_on_the_gpu_is_not_retried(capsys):
     second.trial_id = second.trial_number = None  # the neighbour slot is idle
     _oom_ends(orchestrator, study, first)
     assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_worker_that_retires_after_a_failed_graph_capture_is_replaced(capsys):
+    """After a failed CUDA graph capture the worker reports 'retire' and exits 0 between trials: the slot
+    gets a fresh process, and that is not counted as a death before ready (which would stop the run)."""
+    orchestrator, study, (first, second) = _orchestrator_with_two_trials_on_one_gpu(capsys)
+    first.trial_id = first.trial_number = None  # its trial ended normally
+    orchestrator._handle_event(first.slot.index, WorkerRetiring("CUDA graph capture failed (x)"))
+    assert "starting a fresh worker process" in capsys.readouterr().out
+    first.process.exitcode = 0
+    spawned = []
+    orchestrator._spawn = lambda slot, deaths=0: spawned.append((slot.index, deaths))
+    for _ in range(orchestrator.MAX_START_FAILURES + 1):  # retiring again and again never stops the run
+        orchestrator.workers[first.slot.index] = first
+        orchestrator._check_dead()
+    assert spawned == [(first.slot.index, 0)] * (orchestrator.MAX_START_FAILURES + 1)
+    assert not study.get_trials(states=(TrialState.FAIL,))  # no trial was failed for it

@@ -38,7 +38,8 @@ def test_not_a_mapping(tmp_path):
 def test_malformed_yaml(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("study:\n  name: x\n task: {\n")
-    assert refusal(path) == f"{path}: invalid YAML at line 3, column 2: expected <block end>, but found '<block mapping start>'"
+    assert refusal(path) == (f"{path}: invalid YAML at line 3, column 2: "
+                             "expected <block end>, but found '<block mapping start>'")
 
 
 def test_unsafe_tags_are_refused(tmp_path):

@@ -2,9 +2,14 @@
 
 import copy
 
+import optuna
 import pytest
+import yaml
 
-from hpsearch.spec import parse_spec
+from hpsearch.builders import hparams_for
+from hpsearch.cli import main
+from hpsearch.spec import SpecError, fixed_spec, parse_spec
+from hpsearch.suggest import suggest
 
 from .helpers import BASE, DELETE, edited, refusal
 
@@ -226,7 +231,7 @@ def test_refusal(path, value, message):
 
 
 def test_a_parameter_may_be_fixed_and_searched():
-    # DESIGN §3: train holds the fallback value, used when the searched one is absent (its when: is false).
+    # train: holds the fallback value, used when the searched one is absent (its when: is false).
     data = edited("train.lr", 0.1)
     spec = parse_spec(data)
     assert spec.train["lr"] == 0.1 and "lr" in spec.search_space
@@ -258,12 +263,15 @@ def test_name_needs_a_file_or_a_value():
     )
 
 
-
-
-def test_base_is_valid():
-    from hpsearch.spec import parse_spec
-
-    parse_spec(BASE, source="spaces/t.yaml")
+def test_base_validates_so_each_refusal_is_its_one_edit(tmp_path, capsys):
+    """The refusals above edit one field of BASE: `hpsearch validate` accepts BASE itself, unedited."""
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0 and err == ""
+    assert f"{path}: valid" in out and "searching 3 hyperparameter(s)" in out
 
 
 # plateau's factor is gamma, and ReduceLROnPlateau refuses a factor of 1: refused here, not mid-trial.
@@ -310,26 +318,43 @@ def test_plateau_refuses_a_gamma_of_one(fields, message):
     assert refusal(with_fields(**fields)) == message
 
 
-@pytest.mark.parametrize("fields", [
-    dict(train__scheduler="step", train__gamma=1.0),  # step with gamma 1: no decay, allowed
-    dict(train__scheduler="plateau", train__gamma=0.5),
-    dict(search_space__scheduler={"type": "categorical", "choices": ["step", "cosine"]},
-         search_space__gamma=GAMMA_TO_ONE),
+@pytest.mark.parametrize(("fields", "plateau_trains"), [
+    # step with gamma 1: no decay, allowed
+    pytest.param(dict(train__scheduler="step", train__gamma=1.0), False, id="step-with-gamma-1"),
+    pytest.param(dict(train__scheduler="plateau", train__gamma=0.5), True, id="plateau-with-gamma-0.5"),
+    pytest.param(dict(search_space__scheduler={"type": "categorical", "choices": ["step", "cosine"]},
+                      search_space__gamma=GAMMA_TO_ONE), False, id="gamma-to-1-never-with-plateau"),
     # gamma searched for step only; plateau trials train with train's (default 0.1) gamma
-    dict(search_space__scheduler=PLATEAU_OR_STEP, search_space__gamma={**GAMMA_TO_ONE, "when": {"scheduler": "step"}}),
+    pytest.param(dict(search_space__scheduler=PLATEAU_OR_STEP,
+                      search_space__gamma={**GAMMA_TO_ONE, "when": {"scheduler": "step"}}),
+                 True, id="gamma-to-1-searched-for-step-only"),
     # gamma searched for every trial: train's 1.0 is never used
-    dict(train__scheduler="plateau", train__gamma=1.0, search_space__gamma={"type": "float", "low": 0.1, "high": 0.9}),
+    pytest.param(dict(train__scheduler="plateau", train__gamma=1.0,
+                      search_space__gamma={"type": "float", "low": 0.1, "high": 0.9}),
+                 True, id="train-gamma-1-always-overridden"),
     # searched whenever plateau is chosen: train's 1.0 only meets step
-    dict(search_space__scheduler=PLATEAU_OR_STEP, train__gamma=1.0,
-         search_space__gamma={"type": "float", "low": 0.1, "high": 0.9, "when": {"scheduler": "plateau"}}),
+    pytest.param(dict(search_space__scheduler=PLATEAU_OR_STEP, train__gamma=1.0,
+                      search_space__gamma={"type": "float", "low": 0.1, "high": 0.9, "when": {"scheduler": "plateau"}}),
+                 True, id="train-gamma-1-only-meets-step"),
 ])
-def test_gamma_of_one_is_fine_where_plateau_never_meets_it(fields):
-    parse_spec(with_fields(**fields))
+def test_gamma_of_one_is_fine_where_plateau_never_meets_it(fields, plateau_trains):
+    """Accepted, and rightly: no trial the space can draw trains plateau with gamma 1, and every trial's values
+    make a fixed spec that `hpsearch train` (after `best --export`) accepts."""
+    spec = parse_spec(with_fields(**fields))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    schedulers = set()
+    for _ in range(30):
+        trial = study.ask()
+        searched = suggest(trial, spec.search_space, spec.train)
+        hp = hparams_for(spec, searched)  # what the trial trains with
+        schedulers.add(hp.scheduler)
+        assert hp.scheduler != "plateau" or hp.gamma < 1, searched
+        fixed_spec(spec, searched)
+        study.tell(trial, 0.0)
+    assert ("plateau" in schedulers) == plateau_trains  # where plateau can train, the check above met it
 
 
 def test_fixed_spec_refuses_plateau_with_a_gamma_of_one():
-    from hpsearch.spec import SpecError, fixed_spec
-
     spec = parse_spec(BASE)
     with pytest.raises(SpecError) as info:
         fixed_spec(spec, {"scheduler": "plateau", "gamma": 1.0})
@@ -337,10 +362,6 @@ def test_fixed_spec_refuses_plateau_with_a_gamma_of_one():
 
 
 def test_validate_command_refuses_plateau_with_a_gamma_of_one(tmp_path, capsys):
-    import yaml
-
-    from hpsearch.cli import main
-
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(with_fields(train__scheduler="plateau", train__gamma=1.0)))
     with pytest.raises(SystemExit) as exc:

@@ -46,7 +46,12 @@ def test_seed_offset_separates_workers_and_seed_reproduces():
     same = [_first_value(registry.build_sampler(spec, {})) for _ in range(2)]
     other = _first_value(registry.build_sampler(spec, {}, seed_offset=1))
     assert same[0] == same[1] != other
-    assert registry.build_sampler(SamplerSpec("random", {"seed": 2**32 - 1}), {}, seed_offset=5) is not None
+    # The largest seed a spec accepts, offset for each worker slot: every worker still gets a seed numpy
+    # takes (it refuses any past 2**32 - 1) and draws its own values, reproducibly.
+    top = SamplerSpec("random", {"seed": 2**32 - 1})
+    firsts = [_first_value(registry.build_sampler(top, {}, seed_offset=k)) for k in range(4)]
+    assert len(set(firsts)) == 4
+    assert _first_value(registry.build_sampler(top, {}, seed_offset=3)) == firsts[3]
 
 
 def test_grid_takes_its_values_from_the_search_space():

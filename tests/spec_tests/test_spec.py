@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpsearch.params import TRAIN_SETTINGS
 from hpsearch.spec import (
-    DataSpec,
     ParamSpec,
     PrunerSpec,
     SamplerSpec,
@@ -22,6 +20,9 @@ from hpsearch.spec import (
 )
 
 from .helpers import BASE, edited
+
+# The README's defaults for the GPU fast paths: bf16, channels_last and CUDA graphs wherever they apply.
+DEFAULT_SETTINGS = {"cuda_graphs": "auto", "amp": "auto", "channels_last": "auto"}
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
 MINIMAL = {"study": None, "task": {"model": {"name": "resnet18"}, "data": {"name": "fake"}}}
@@ -37,9 +38,12 @@ def test_defaults_are_filled():
     assert s.seed == 0
     assert s.pruner == PrunerSpec("median", {"n_warmup_steps": 2})
     assert spec.task.model.weights == "DEFAULT"
-    assert spec.task.data == DataSpec(name="fake")
+    d = spec.task.data
+    assert (d.name, d.root, d.val_fraction, d.image_size, d.augment, d.download, d.in_memory) == (
+        "fake", "data", 0.1, None, "standard", False, "auto",
+    )
     assert spec.train == {}
-    assert spec.settings == TRAIN_SETTINGS
+    assert spec.settings == DEFAULT_SETTINGS
     assert spec.search_space == {}
     assert (spec.resources.devices, spec.resources.trials_per_device) == ("auto", "auto")
     assert (spec.tracking.uri, spec.tracking.experiment, spec.tracking.checkpoints) == (
@@ -78,7 +82,9 @@ def test_shorthands():
     assert spec.resources.devices == (0, 2)
 
 
-@pytest.mark.parametrize(("devices", "expected"), [("auto", "auto"), ("cpu", "cpu"), ([0, 1], (0, 1)), ("1", (1,)), (3, (3,))])
+@pytest.mark.parametrize(("devices", "expected"), [
+    ("auto", "auto"), ("cpu", "cpu"), ([0, 1], (0, 1)), ("1", (1,)), (3, (3,)),
+])
 def test_devices(devices, expected):
     assert parse_spec(edited("resources.devices", devices)).resources.devices == expected
 
@@ -145,7 +151,7 @@ def test_to_dict_fills_every_default():
         "name": "fake", "root": "data", "val_fraction": 0.1, "image_size": None, "download": False,
         "augment": "standard", "num_classes": 10, "samples": 512, "in_memory": "auto",
     }
-    assert resolved["train"] == TRAIN_SETTINGS
+    assert resolved["train"] == DEFAULT_SETTINGS
     assert resolved["resources"] == {"devices": "auto", "trials_per_device": "auto"}
     assert resolved["tracking"] == {"uri": "sqlite:///mlruns/mlflow.db", "experiment": "a", "checkpoints": "complete"}
 
@@ -234,7 +240,8 @@ def test_fixed_spec_refuses_bad_values():
     spec = parse_spec(BASE)
     with pytest.raises(SpecError, match=r"^train\.optimizer: must be one of sgd, adam, adamw, rmsprop, got 'x'$"):
         fixed_spec(spec, {"optimizer": "x"})
-    with pytest.raises(SpecError, match=r"^train\.lern_rate: unknown hyperparameter 'lern_rate' \(did you mean 'lr'\?\)$"):
+    message = r"^train\.lern_rate: unknown hyperparameter 'lern_rate' \(did you mean 'lr'\?\)$"
+    with pytest.raises(SpecError, match=message):
         fixed_spec(spec, {"lern_rate": 0.1})
 
 

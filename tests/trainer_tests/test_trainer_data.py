@@ -20,7 +20,7 @@ def as_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def every_example(split, batch_size=7):
-    xs, ys = zip(*split.batches(batch_size, shuffle=False, augment=False, drop_last=False))
+    xs, ys = zip(*split.batches(batch_size, shuffle=False, augment=False, drop_last=False), strict=False)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -40,8 +40,8 @@ def test_cifar10_reads_the_pickled_batches(cifar10_root):
     x_train, y_train = every_example(task.train)
     x_val, y_val = every_example(task.val)
     seen = {bytes(img.numpy()): int(lbl) for img, lbl in zip(as_uint8(torch.cat([x_train, x_val])),
-                                                              torch.cat([y_train, y_val]))}
-    assert seen == {bytes(img): int(lbl) for img, lbl in zip(train_images, train_labels)}
+                                                              torch.cat([y_train, y_val]), strict=False)}
+    assert seen == {bytes(img): int(lbl) for img, lbl in zip(train_images, train_labels, strict=False)}
 
 
 def test_cifar100_uses_fine_labels(cifar100_root):
@@ -111,10 +111,10 @@ def test_plain_image_folder_resized_square(imagefolder_root):
 def test_streamed_image_folder_gives_the_same_batches(imagefolder_root):
     """in_memory: false decodes in DataLoader workers, behind the same batches() interface."""
     common = dict(root=str(imagefolder_root), image_size=16)
-    streamed = load_data(DataConfig("imagefolder", in_memory="false", **common), "cpu", *IDENTITY)
-    in_memory = load_data(DataConfig("imagefolder", in_memory="true", **common), "cpu", *IDENTITY)
+    streamed = load_data(DataConfig("imagefolder", in_memory=False, **common), "cpu", *IDENTITY)
+    in_memory = load_data(DataConfig("imagefolder", in_memory=True, **common), "cpu", *IDENTITY)
     assert not streamed.in_memory and in_memory.in_memory
-    for a, b in zip(every_example(streamed.test), every_example(in_memory.test)):
+    for a, b in zip(every_example(streamed.test), every_example(in_memory.test), strict=False):
         assert torch.equal(a, b)
     x, y = next(streamed.train.batches(4, shuffle=True, augment=True, drop_last=True,
                                        generator=torch.Generator().manual_seed(0)))
@@ -132,14 +132,14 @@ def test_digits_real_offline_data():
     x, y = next(task.train.batches(16, shuffle=True, augment=True, drop_last=True))
     assert x.shape == (16, 3, 32, 32) and set(y.tolist()) <= set(range(10))
     # Grey images: the three channels hold the same pixels (before per-channel normalisation).
-    raw = data_module._STORED[(DataConfig("digits"), "cpu")].parts["test"].images
+    raw = data_module._STORED[(DataConfig("digits"), 0, "cpu")].parts["test"].images
     assert raw.dtype == torch.uint8 and torch.equal(raw[:, 0], raw[:, 2]) and raw.max() == 255
 
 
 def test_digits_test_split_does_not_move_with_split_seed():
-    a = load_data(DataConfig("digits", image_size=8, split_seed=0), "cpu", *IMAGENET)
-    b = load_data(DataConfig("digits", image_size=8, split_seed=1), "cpu", *IMAGENET)
-    assert all(torch.equal(u, v) for u, v in zip(every_example(a.test, 512), every_example(b.test, 512)))
+    a = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=0)
+    b = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=1)
+    assert all(torch.equal(u, v) for u, v in zip(every_example(a.test, 512), every_example(b.test, 512), strict=False))
     assert not torch.equal(every_example(a.val, 512)[1], every_example(b.val, 512)[1])
 
 
@@ -150,7 +150,7 @@ def test_fake_is_deterministic_with_its_sizes():
     data_module.clear_data_cache()
     b = load_data(cfg, "cpu", *IDENTITY)
     assert a is not b
-    assert all(torch.equal(u, v) for u, v in zip(every_example(a.train), every_example(b.train)))
+    assert all(torch.equal(u, v) for u, v in zip(every_example(a.train), every_example(b.train), strict=False))
 
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
@@ -159,6 +159,8 @@ def test_validation_split_is_stratified_disjoint_and_seeded():
     assert len(held) == 20 and torch.bincount(labels[held]).tolist() == [2] * 10
     assert sorted(torch.cat([rest, held]).tolist()) == list(range(200))
     assert not torch.equal(held, data_module._carve(labels, 0.1, seed=1)[1])
+    # Every worker process loads the data with its global RNG in a state of its own: the split must not follow it.
+    torch.manual_seed(12345)
     assert torch.equal(held, data_module._carve(labels, 0.1, seed=0)[1])
 
 
@@ -179,7 +181,7 @@ def test_dataset_is_loaded_once_per_process(monkeypatch):
     (dict(name="mnist"), "data.name must be one of"),
     (dict(name="fake", val_fraction=0.0), r"data.val_fraction must be in \(0, 1\), got 0.0"),
     (dict(name="fake", augment="heavy"), "data.augment must be one of standard, none, got 'heavy'"),
-    (dict(name="fake", in_memory="yes"), "data.in_memory must be one of"),
+    (dict(name="fake", in_memory="yes"), "data.in_memory must be auto, true or false"),
 ])
 def test_config_refuses_bad_values(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -209,7 +211,7 @@ def test_augmented_crops_come_from_the_reflect_padded_source(fake16):
     x, _ = next(fake16.train.batches(8, shuffle=False, augment=True, generator=torch.Generator().manual_seed(3)))
     padded = F.pad(source.float(), (PAD,) * 4, mode="reflect").to(torch.uint8)
     flips = 0
-    for out, pad in zip(as_uint8(x), padded):
+    for out, pad in zip(as_uint8(x), padded, strict=False):
         windows = []
         for dy in range(2 * PAD + 1):
             for dx in range(2 * PAD + 1):
@@ -269,11 +271,11 @@ def test_stored_at_native_size_resized_per_batch(cifar10_root, size):
 
 def test_host_memory_mode_matches_device_mode():
     """in_memory: false for array datasets keeps the uint8 tensor in host memory; batches are identical."""
-    on, off = (load_data(DataConfig("fake", samples=50, in_memory=m), "cpu", *IDENTITY) for m in ("true", "false"))
+    on, off = (load_data(DataConfig("fake", samples=50, in_memory=m), "cpu", *IDENTITY) for m in (True, False))
     g = [torch.Generator().manual_seed(1) for _ in range(2)]
     a = next(on.train.batches(8, shuffle=True, augment=True, generator=g[0]))
     b = next(off.train.batches(8, shuffle=True, augment=True, generator=g[1]))
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=False))
 
 
 def test_augmented_batches_keep_the_gathers_channels_last_layout():
@@ -298,7 +300,7 @@ def test_take_rows_gathers_an_index_and_views_a_slice():
 def test_streamed_batches_are_gathered_into_pinned_memory(monkeypatch):
     """in_memory: false on CUDA: shuffled batches are gathered into pinned memory (a pageable source
     makes the non_blocking copy synchronous), and no batch is overwritten while it is copied."""
-    streamed = load_data(DataConfig("fake", samples=256, in_memory="false"), "cuda", *IMAGENET)
+    streamed = load_data(DataConfig("fake", samples=256, in_memory=False), "cuda", *IMAGENET)
     resident = load_data(DataConfig("fake", samples=256), "cuda", *IMAGENET)
     assert streamed.train.images.is_pinned() and resident.train.images.is_cuda
     idx = torch.randperm(len(streamed.train))[:16]
@@ -319,7 +321,7 @@ def test_streamed_batches_are_gathered_into_pinned_memory(monkeypatch):
         a = list(streamed.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g[0]))
         b = list(resident.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g[1]))
         assert len(a) == len(b) > 1
-        for (xa, ya), (xb, yb) in zip(a, b):
+        for (xa, ya), (xb, yb) in zip(a, b, strict=False):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert pinned and all(pinned)
 

@@ -11,9 +11,18 @@ import torchvision
 from torch import nn
 
 from hpsearch.data import DataConfig, load_data
-from hpsearch.models import (IMAGENET_MEAN, IMAGENET_STD, DropoutLinear, WeightsNotAvailable, build_model,
-                             head_parameters, list_classification_models, normalization, resolve_weights,
-                             set_train_mode)
+from hpsearch.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DropoutLinear,
+    WeightsNotAvailable,
+    build_model,
+    head_parameters,
+    list_classification_models,
+    normalization,
+    resolve_weights,
+    set_train_mode,
+)
 from hpsearch.params import HParams
 from hpsearch.train import Trainer, seed_everything
 
@@ -95,9 +104,10 @@ def test_resolve_weights_names():
 
 
 def test_normalization_is_the_weights_own():
-    assert normalization("resnet18", "none") == (IMAGENET_MEAN, IMAGENET_STD)
     transforms = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     assert normalization("resnet18", "DEFAULT") == (tuple(transforms.mean), tuple(transforms.std))
+    # Without weights: ImageNet's statistics all the same, the inputs a pretrained model would see.
+    assert normalization("resnet18", "none") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def test_unknown_model_suggests_the_nearest():

@@ -1,0 +1,190 @@
+"""records.py: what a failed trial and a closed run record, the typed worker events, and the one
+place that reaches into Optuna's private API."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch import records
+from hpsearch import study as study_mod
+from hpsearch.devices import plan_slots
+from hpsearch.live import LiveView
+from hpsearch.records import (
+    EpochEnded,
+    FailureKind,
+    TrialEnded,
+    TrialStarted,
+    WorkerFatal,
+    WorkerFree,
+    WorkerReady,
+    WorkerRetiring,
+)
+from hpsearch.tracking import StudyTracker, TrialRun, close_killed_run
+from hpsearch.workers import Orchestrator, WorkerHandle
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage())
+
+
+# ------------------------------------------------------------------ failing a trial
+
+
+def test_a_failed_trial_keeps_its_reason_and_failure_kind_under_the_names_users_read():
+    study = _study()
+    trial = study.ask()
+    records.fail_trial(study, trial, "out of memory: resnet18 at batch_size=512\n(traceback)", FailureKind.OOM)
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.FAIL
+    # The keys and values `status`, `best`, later runs and Optuna's own tools read: stable data, not names.
+    assert frozen.user_attrs == {
+        "fail_reason": "out of memory: resnet18 at batch_size=512", "hpsearch.fail_kind": "oom",
+    }
+
+
+def test_failing_a_trial_that_finished_meanwhile_changes_nothing():
+    study = _study()
+    trial = study.ask()
+    study.tell(trial, 0.5)
+    records.fail_trial(study, study.trials[0], "worker process died", FailureKind.KILLED)
+    frozen = study.trials[0]
+    assert (frozen.state, frozen.value, frozen.user_attrs) == (TrialState.COMPLETE, 0.5, {})
+
+
+@pytest.mark.parametrize("failure, retried", [
+    (FailureKind.KILLED, True), (FailureKind.REAPED, True), (FailureKind.INTERRUPTED, True),
+    (FailureKind.OOM, False), (FailureKind.NONFINITE, False), (FailureKind.ERROR, False),
+])
+def test_only_failures_from_outside_the_trial_are_retried(failure, retried):
+    study = _study()
+    records.fail_trial(study, study.ask(), "why", failure)
+    assert [t.number for t in study_mod.retry_candidates(study)] == ([0] if retried else [])
+
+
+# ------------------------------------------------------------------ closing a run
+
+
+@pytest.fixture
+def tracker(workdir):
+    return StudyTracker("sqlite:///mlruns/mlflow.db", "records")
+
+
+def _trial_run(tracker) -> TrialRun:
+    return TrialRun.start(tracker.client, tracker.experiment_id, None, "records", 0, {"lr": 0.1})
+
+
+def test_close_run_tags_the_state_and_a_bounded_reason(tracker):
+    run = _trial_run(tracker)
+    records.close_run(tracker.client, run.run_id, "KILLED", state="FAIL", reason="x" * 5000)
+    closed = tracker.client.get_run(run.run_id)
+    assert closed.info.status == "KILLED"
+    assert closed.data.tags["hpsearch.state"] == "FAIL"
+    assert closed.data.tags["hpsearch.fail_reason"] == "x" * records.MAX_TAG_CHARS
+
+
+def test_every_way_a_run_ends_closes_it_once_with_its_state(tracker):
+    finished, failed, killed = (_trial_run(tracker) for _ in range(3))
+    finished.finish("PRUNED")
+    failed.finish("FAIL", "RuntimeError: boom")
+    close_killed_run("sqlite:///mlruns/mlflow.db", killed.run_id, "its worker process was gone")
+    close_killed_run("sqlite:///mlruns/mlflow.db", finished.run_id, "late")  # already closed: left alone
+    parent = tracker.parent_run("records", {})
+    tracker.close_parent(parent, {"best_val_accuracy": 0.9})
+
+    def ended(run_id):
+        run = tracker.client.get_run(run_id)
+        return run.info.status, run.data.tags.get("hpsearch.state"), run.data.tags.get("hpsearch.fail_reason")
+
+    assert ended(finished.run_id) == ("FINISHED", "PRUNED", None)
+    assert ended(failed.run_id) == ("FAILED", "FAIL", "RuntimeError: boom")
+    assert ended(killed.run_id) == ("KILLED", "FAIL", "its worker process was gone")
+    assert ended(parent)[0] == "FINISHED"
+    assert tracker.client.get_run(parent).data.metrics == {"best_val_accuracy": 0.9}
+
+
+# ------------------------------------------------------------------ worker → parent events
+
+
+EVENTS = [
+    WorkerReady(),
+    WorkerFatal("dataset not found at data/cifar-10-batches-py"),
+    WorkerRetiring("CUDA graph capture failed (x)"),
+    TrialStarted(3, 2, {"lr": 0.01, "optimizer": "sgd"}),
+    EpochEnded(3, 1, 2, {"val_accuracy": 0.5, "images_per_second": 1000.0}),
+    TrialEnded(3, "FAIL", None, "out of memory: ...", FailureKind.OOM),
+    WorkerFree(3),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_events_cross_the_process_boundary_intact(event):
+    assert pickle.loads(pickle.dumps(event)) == event  # they travel through a multiprocessing queue
+
+
+class _Process:
+    exitcode = None
+
+
+def _orchestrator(capsys) -> tuple[Orchestrator, WorkerHandle]:
+    study = _study()
+    slot = plan_slots("cpu", 1, gpu_count=0, cpu_count=1)[0]
+    live = LiveView("val_accuracy", "maximize", 4, interactive=False)
+    orchestrator = Orchestrator(None, study, [slot], None, "", "0", "", live)
+    trial = study.ask()
+    handle = WorkerHandle(slot, _Process(), None, trial_id=records.trial_id(trial), trial_number=trial.number)
+    orchestrator.workers[slot.index] = handle
+    capsys.readouterr()
+    return orchestrator, handle
+
+
+def test_the_parent_acts_on_each_kind_of_event(capsys):
+    orchestrator, handle = _orchestrator(capsys)
+    orchestrator._handle_event(0, WorkerReady())
+    assert handle.ready
+
+    orchestrator._handle_event(0, TrialStarted(0, 2, {"lr": 0.01}))
+    orchestrator._handle_event(0, EpochEnded(0, 1, 2, {"val_accuracy": 0.5, "images_per_second": 1234.0}))
+    orchestrator._handle_event(0, TrialEnded(0, "COMPLETE", 0.75))
+    out = capsys.readouterr().out
+    assert "[cpu#0] trial 0 started: lr=0.01" in out
+    assert "[cpu#0] trial 0 epoch 1/2 val_accuracy=0.5 1,234 img/s" in out
+    assert "trial 0 COMPLETE val_accuracy=0.75 — 1/4 finished" in out
+
+    orchestrator._handle_event(0, WorkerFree(99))  # not the trial in hand
+    assert handle.trial_id is not None
+    orchestrator._handle_event(0, WorkerFree(0))
+    assert handle.trial_id is None and handle.trial_number is None
+
+    orchestrator._handle_event(0, WorkerFatal("no dataset"))
+    assert orchestrator.fatal == "no dataset" and orchestrator.stop_requested
+
+
+def test_trials_failing_in_a_row_stop_the_run_with_the_last_reason(capsys):
+    orchestrator, _ = _orchestrator(capsys)
+    for number in range(orchestrator.MIN_FAILURES_IN_A_ROW):
+        assert not orchestrator.stop_requested
+        orchestrator._handle_event(0, TrialEnded(number, "FAIL", None, f"boom {number}\ndetail", FailureKind.ERROR))
+    assert orchestrator.stop_requested
+    assert orchestrator.fatal.endswith("the last: boom 4")
+
+
+# ------------------------------------------------------------------ Optuna's private API
+
+
+def test_only_records_reaches_into_optunas_private_api():
+    """The optuna<6 pin has one place to check: every private call is wrapped in records.py."""
+    private = re.compile(r"\._storage\b|\._trial_id\b|\boptuna\.trial\.Trial\(|\._study_id\b|\._cached")
+    offenders = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.glob("*.py")) if path.name != "records.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)
+    ]
+    assert offenders == []
