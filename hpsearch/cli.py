@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from hpsearch.credentials import STORAGE_ENV, TRACKING_ENV, mask_url, masked_spec, redact, usable_url
 from hpsearch.errors import RunFailure, UsageError
 
 EXIT_BAD_INPUT = 2
@@ -30,10 +31,16 @@ def _spec_error_type():
 # ---------------------------------------------------------------- shared options
 
 
+def tracking_option(f):
+    # option > environment > file: click reads the variable when the option is absent.
+    return click.option("--tracking-uri", default=None, envvar=TRACKING_ENV, show_envvar=True,
+                        help="MLflow tracking URI (default: the file's, else sqlite:///mlruns/mlflow.db).")(f)
+
+
 def storage_options(f):
-    f = click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the file's, else sqlite:///mlruns/mlflow.db).")(f)
-    f = click.option("--storage", default=None,
-                     help="Optuna storage URL or journal file (default: studies/journal.log).")(f)
+    f = tracking_option(f)
+    f = click.option("--storage", default=None, envvar=STORAGE_ENV, show_envvar=True,
+                     help="Optuna storage URL or journal file (default: the file's, else studies/journal.log).")(f)
     return f
 
 
@@ -47,6 +54,11 @@ def _load_spec(path: str, **overrides):
     from hpsearch.spec import apply_overrides, load_spec
 
     spec = load_spec(path)
+    # A file hpsearch wrote (an exported best.yaml) carries masked URLs: make them usable again.
+    stored = (("storage", spec.study.storage, STORAGE_ENV), ("tracking_uri", spec.tracking.uri, TRACKING_ENV))
+    for key, value, env in stored:
+        if overrides.get(key) is None and value != usable_url(value, env):
+            overrides[key] = usable_url(value, env)
     if any(v is not None for v in overrides.values()):
         spec = apply_overrides(spec, **overrides)
     return spec
@@ -67,15 +79,33 @@ def _resolve_study(space, study_name, storage, tracking_uri):
         name, uri = study_name, tracking_uri
         last = study_mod.last_run()
         if storage is None and last and last.study_name == study_name:
-            storage = last.storage
+            storage = usable_url(last.storage, STORAGE_ENV, _file_urls(last.space_file)[0])
     else:
         last = study_mod.last_run()
         if last is None:
             raise UsageError("SPACE: no study has been run from this folder yet; give SPACE or --study NAME")
-        name, storage, uri = last.study_name, storage or last.storage, tracking_uri or last.tracking_uri
+        # .last_run.json keeps masked URLs; the real ones come back from the options, the environment,
+        # or the space file that run read.
+        name = last.study_name
+        file_storage, file_uri = _file_urls(last.space_file)
+        storage = storage or usable_url(last.storage, STORAGE_ENV, file_storage)
+        uri = tracking_uri or usable_url(last.tracking_uri or None, TRACKING_ENV, file_uri)
     study = study_mod.load_existing_study(name, storage)
-    uri = uri or study.user_attrs.get(STUDY_TRACKING_URI) or DEFAULT_TRACKING_URI
+    uri = uri or usable_url(study.user_attrs.get(STUDY_TRACKING_URI), TRACKING_ENV) or DEFAULT_TRACKING_URI
     return study, storage, uri
+
+
+def _file_urls(space: str | None) -> tuple[str | None, str | None]:
+    """(storage, tracking URI) as the space file last run says them, if it is still there and reads."""
+    from hpsearch.spec import load_spec
+
+    if not space:
+        return None, None
+    try:
+        spec = load_spec(space)
+    except Exception:  # a file moved or edited since only means it cannot supply a password
+        return None, None
+    return spec.study.storage, spec.tracking.uri
 
 
 # ---------------------------------------------------------------- the group
@@ -124,7 +154,7 @@ def validate(space):
 
     spec = _load_spec(space)
     click.echo(f"# {space}: valid")
-    click.echo(yaml.safe_dump(spec.to_dict(), sort_keys=False).rstrip())
+    click.echo(yaml.safe_dump(masked_spec(spec).to_dict(), sort_keys=False).rstrip())
     if spec.search_space:
         click.echo(f"# searching {len(spec.search_space)} hyperparameter(s):")
         for p in spec.search_space.values():
@@ -173,13 +203,15 @@ def status(space, study_name, storage, tracking_uri, fmt):
 def _print_table(title: str, flat: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"study {title}: {len(flat)} trials", title_justify="left")
+    # Text objects, never strings: rich reads a string as markup, and a fail reason like "[/x]" crashes it.
+    table = Table(title=Text(f"study {title}: {len(flat)} trials"), title_justify="left")
     columns = [c for c in (flat[0] if flat else {}) if c not in ("mlflow_run_id",)]
     for c in columns:
-        table.add_column(c.replace("params.", ""), overflow="fold")
+        table.add_column(Text(c.replace("params.", "")), overflow="fold")
     for r in flat:
-        table.add_row(*[_cell(r[c]) for c in columns])
+        table.add_row(*[Text(_cell(r[c])) for c in columns])
     Console(width=max(100, min(200, _terminal_width()))).print(table)
 
 
@@ -203,21 +235,27 @@ def _cell(v) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--export", "export_dir", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Write best.yaml, model.pt and trial.json (default DIR: studies/<study>/best/).")
+@click.option("--force", is_flag=True, help="Let --export replace the files of a folder that is not empty.")
 @click.option("--evaluate", is_flag=True, help="Report the best checkpoint's test-set accuracy.")
 @click.option("--device", default="auto", show_default=True, help="Device for --evaluate: auto | cpu | cuda.")
-def best(space, study_name, storage, tracking_uri, fmt, export_dir, evaluate, device):
+def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device):
     """The best trial: value, params, trial number, MLflow run id, checkpoint."""
     from hpsearch.report import best_record
 
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
-    record = best_record(study, storage, uri)
-    if evaluate:
-        record.update(_evaluate_best(study, record, device))
+    record = best_record(study, storage, uri)  # its URLs are masked: `uri` is the real one
+    out = None
     if export_dir is not None:
-        from hpsearch.export import default_export_dir, export_best
+        from hpsearch.export import check_export_dir, default_export_dir
 
         out = Path(export_dir) if export_dir else default_export_dir(study.study_name)
-        written = export_best(study, record, out)
+        check_export_dir(out, force)  # refuse before any work is done
+    if evaluate:
+        record.update(_evaluate_best(study, record, device, uri))
+    if out is not None:
+        from hpsearch.export import export_best
+
+        written = export_best(study, record, out, uri, force=force)
         record["exported"] = {k: str(v) for k, v in written.items()}
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, default=str))
@@ -235,7 +273,7 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, evaluate, de
         click.echo("exported     " + ", ".join(record["exported"].values()))
 
 
-def _evaluate_best(study, record, device) -> dict:
+def _evaluate_best(study, record, device, uri: str) -> dict:
     import tempfile
 
     from hpsearch import tracking
@@ -248,7 +286,7 @@ def _evaluate_best(study, record, device) -> dict:
         )
     spec = spec_of_study(study)
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_checkpoint(record["tracking_uri"], record["mlflow_run_id"], tmp)
+        path = tracking.download_checkpoint(uri, record["mlflow_run_id"], tmp)
         loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
     return {"test_accuracy": acc, "test_loss": loss}
 
@@ -258,7 +296,7 @@ def _evaluate_best(study, record, device) -> dict:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Where best.pt and final.pt go (default: studies/<study>/train/).")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri).")
+@tracking_option
 def train(config, device, output, tracking_uri):
     """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
     from hpsearch.retrain import pick_device, train_config
@@ -289,12 +327,19 @@ def ui(port, host, tracking_uri):
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     prepare_local_store(uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it", err=True)
+    # The store goes through the environment, not argv, where `ps` would show its password.
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (store {mask_url(uri)}); Ctrl-C stops it", err=True)
     os.execvp(cmd[0], cmd)
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _error(message: str) -> None:
+    # Errors quote URLs and driver messages: every one is redacted before it is shown.
+    click.echo(f"error: {redact(message)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,16 +357,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except click.UsageError as exc:
         where = f"{exc.ctx.command_path}: " if exc.ctx else ""
-        click.echo(f"error: {where}{exc.format_message()}", err=True)
+        _error(f"{where}{exc.format_message()}")
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except (SpecError, UsageError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(EXIT_BAD_INPUT)
     except RunFailure as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -330,6 +375,6 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("HPSEARCH_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {first} (set HPSEARCH_DEBUG=1 for the traceback)", err=True)
+        _error(f"{type(exc).__name__}: {first} (set HPSEARCH_DEBUG=1 for the traceback)")
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)

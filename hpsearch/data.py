@@ -34,6 +34,52 @@ class DatasetNotFound(Exception):
     """The dataset's files are not where the config says; the message says where and how to get them."""
 
 
+class UnsafeDataFile(DatasetNotFound):
+    """A pickled data file names something a dataset never holds (it could run code): refused, unread."""
+
+
+# What the official CIFAR batches (numpy 1.x, Python 2, protocol 2) and copies re-pickled by Python 3
+# name, besides the dicts, lists, bytes, str and ints that pickle builds without naming any global.
+# Anything else a pickle names (os.system, builtins.exec, ...) would be called while loading.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),  # numpy 1.x; numpy 2 moved it to numpy._core
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3's protocols 0-2 spell a bytes object
+})
+_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, path: Path):
+        super().__init__(file, encoding="bytes")  # Python 2 str objects stay bytes, as the keys expect
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise UnsafeDataFile(
+                f"{self.path}: refused to load it: it names {module}.{name}, which no CIFAR batch holds "
+                "and which could run code; replace the file with the official one"
+            )
+        if _NUMPY_2 and module.startswith("numpy.core."):  # the old path still works, with a DeprecationWarning
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path) -> Any:
+    """Unpickle a CIFAR batch admitting only numpy arrays and plain containers (see _CIFAR_GLOBALS)."""
+    with open(path, "rb") as f:
+        try:
+            return _CifarUnpickler(f, path).load()
+        except UnsafeDataFile:
+            raise
+        except Exception as e:  # truncated or not a pickle: say which file, in one line
+            raise DatasetNotFound(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from e
+
+
 # --------------------------------------------------------------------------- batch pipeline
 
 
@@ -252,16 +298,14 @@ def _read_cifar(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
     def read(files: list[str]) -> _Part:
         images, labels = [], []
         for name in files:
-            with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            batch = _load_pickle(folder / name)
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
         return _Part(torch.from_numpy(np.concatenate(labels)), images=torch.from_numpy(np.concatenate(images)))
 
     meta = folder / spec["meta"]
     if meta.is_file():
-        with open(meta, "rb") as f:
-            classes = [n.decode() for n in pickle.load(f, encoding="bytes")[spec["names_key"]]]
+        classes = [n.decode() for n in _load_pickle(meta)[spec["names_key"]]]
     else:
         classes = [str(i) for i in range(spec["classes"])]
     return read(spec["train"]), read(spec["test"]), classes

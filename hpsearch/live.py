@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from hpsearch.credentials import redact
 from hpsearch.devices import Slot
 from hpsearch.records import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
 
@@ -113,6 +114,11 @@ class LiveView:
     def message(self, text: str) -> None:
         self._line(text)
 
+    def checkpoint_failed(self, number: int, error: str) -> None:
+        """A trial's checkpoint could not be stored: say so at once, whatever else is on screen."""
+        first = (error.strip().splitlines() or ["unknown error"])[0][:300]
+        self._line(f"WARNING: trial {number}: checkpoint not stored ({first})")
+
     def _better(self, value: float) -> bool:
         if self.best is None:
             return True
@@ -127,6 +133,7 @@ class LiveView:
         )
 
     def _line(self, text: str) -> None:
+        text = redact(text)  # a fail reason may quote a store URL
         if self._live is not None:
             self._live.console.print(text, markup=False, highlight=False)
         else:
@@ -148,7 +155,7 @@ class LiveView:
         for index, s in sorted(self.slots.items()):
             table.add_row(
                 str(index),
-                s.label,
+                Text(s.label),  # a Text is never read as markup
                 "-" if s.trial is None else str(s.trial),
                 f"{s.epoch}/{s.epochs}" if s.trial is not None else "-",
                 "-" if s.images_per_second is None else f"{s.images_per_second:,.0f}",

@@ -149,7 +149,9 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
         interrupted = failure is FailureKind.INTERRUPTED
         # Closing the run (and writing the checkpoint) goes to the writer thread, except when the
         # worker is about to exit.
-        run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted)
+        # A checkpoint that cannot be stored is shown by the parent at once and counted in the summary.
+        run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted,
+                   on_checkpoint_error=lambda error: context.on_event(records.CheckpointFailed(trial.number, error)))
     if state == "COMPLETE":
         study.tell(trial, value)
     elif state == "PRUNED":

@@ -6,6 +6,7 @@ Torch-free on purpose: the spec validates against it without importing torch, an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -84,19 +85,20 @@ HPARAM_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_hparam_value(name: str, value: Any) -> str | None:
-    """Return why `value` is not a valid value of hyperparameter `name`, or None when it is."""
+def check_hparam_value(name: str, value: Any, show: Callable[[Any], str] = repr) -> str | None:
+    """Return why `value` is not a valid value of hyperparameter `name`, or None when it is; `show` quotes
+    the value (the spec passes its length-capped repr)."""
     py_type = HPARAM_TYPES[name]
     if name in HPARAM_CHOICES:
         if value not in HPARAM_CHOICES[name]:
-            return f"must be one of {', '.join(HPARAM_CHOICES[name])}, got {value!r}"
+            return f"must be one of {', '.join(HPARAM_CHOICES[name])}, got {show(value)}"
         return None
     if py_type is bool:
-        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        return None if isinstance(value, bool) else f"must be true or false, got {show(value)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, got {value!r}"
+        return f"must be a number, got {show(value)}"
     if py_type is int and not float(value).is_integer():
-        return f"must be a whole number, got {value!r}"
+        return f"must be a whole number, got {show(value)}"
     in_bounds = {
         "lr": (value > 0, "> 0"),
         "batch_size": (value > 0, "> 0"),
@@ -111,4 +113,4 @@ def check_hparam_value(name: str, value: Any) -> str | None:
         "patience": (value > 0, "> 0"),
     }
     ok, rule = in_bounds[name]
-    return None if ok else f"must be {rule}, got {value!r}"
+    return None if ok else f"must be {rule}, got {show(value)}"

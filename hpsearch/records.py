@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.credentials import redact
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -125,6 +127,17 @@ class TrialEnded(WorkerEvent):
 
 
 @dataclass(frozen=True)
+class CheckpointFailed(WorkerEvent):
+    """The trial's checkpoint could not be stored (its run also carries TAG_CHECKPOINT_ERROR).
+
+    Sent from the worker's writer thread, possibly after the trial's TrialEnded.
+    """
+
+    trial: int
+    error: str
+
+
+@dataclass(frozen=True)
 class WorkerFree(WorkerEvent):
     """The worker is done with `trial` and waits for the next one."""
 
@@ -165,7 +178,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial, reason: s
     """Record why `trial` failed and tell Optuna FAIL; nothing happens if it finished meanwhile."""
     try:
         if reason:
-            set_trial_attr(study, trial_id(trial), ATTR_FAIL_REASON, reason.splitlines()[0])
+            set_trial_attr(study, trial_id(trial), ATTR_FAIL_REASON, redact(reason.splitlines()[0]))
             set_trial_attr(study, trial_id(trial), ATTR_FAILURE, failure.value)
         study.tell(trial.number, state=TrialState.FAIL)
     except (ValueError, RuntimeError):
@@ -178,11 +191,12 @@ def close_run(client: MlflowClient, run_id: str, status: str, state: str | None 
     `tags`, and log last `metrics`. Every run hpsearch ends goes through here."""
     from mlflow.entities import RunTag
 
-    run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+    # Tag values may quote errors that quote store URLs (a checkpoint error, a fail reason).
+    run_tags = [RunTag(k, redact(v)) for k, v in (tags or {}).items()]
     if state is not None:
         run_tags.append(RunTag(TAG_STATE, state))
     if reason:
-        run_tags.append(RunTag(TAG_FAIL_REASON, reason[:MAX_TAG_CHARS]))
+        run_tags.append(RunTag(TAG_FAIL_REASON, redact(reason)[:MAX_TAG_CHARS]))
     if run_tags or metrics:
         client.log_batch(run_id, metrics=list(metrics), tags=run_tags)
     client.set_terminated(run_id, status)

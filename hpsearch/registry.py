@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from hpsearch import checks
 from hpsearch.checks import SpecError
 from hpsearch.space import ParamSpec
 
@@ -91,7 +92,7 @@ def _type_problem(annotation: str, value: Any) -> str | None:
     }
     if any(fits[p] for p in parts):
         return None
-    return f"must be {' or '.join(_SIMPLE_TYPES[p] for p in parts)}, got {value!r}"
+    return f"must be {' or '.join(_SIMPLE_TYPES[p] for p in parts)}, got {checks.shown(value)}"
 
 
 def keywords(component: str, name: str) -> dict[str, inspect.Parameter]:
@@ -118,13 +119,14 @@ def check_kwargs(component: str, name: str, kwargs: dict[str, Any], path: str) -
             if key in all_params:
                 raise SpecError(at, "takes a Python object; it cannot be set from a spec file")
             valid = ", ".join(allowed) or "none"
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            close = difflib.get_close_matches(str(key)[:80], list(allowed), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"the {name} {component} takes: {valid}"
-            raise SpecError(at, f"unknown key {key!r} ({hint})")
+            raise SpecError(at, f"unknown key {checks.shown(key)} ({hint})")
         if (component, name, key) not in _NESTED:
             problem = _type_problem(_annotation(allowed[key]), value)
             if problem:
                 raise SpecError(at, problem)
+            _check_numbers(value, at)
     for key, p in allowed.items():
         if p.default is inspect.Parameter.empty and key not in kwargs and (component, name, key) not in _NESTED:
             raise SpecError(f"{path}.{key}", f"required by the {name} {component}")
@@ -133,6 +135,22 @@ def check_kwargs(component: str, name: str, kwargs: dict[str, Any], path: str) -
     if component == "sampler" and name in _NEEDS_PACKAGE and importlib.util.find_spec(_NEEDS_PACKAGE[name]) is None:
         package = _NEEDS_PACKAGE[name]
         raise SpecError(f"{path}.name", f"the {name} sampler needs the {package!r} package: pip install {package}")
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """Every number in a keyword's value (at any depth, e.g. cmaes's x0) finite and within int64: constructors
+    store nan or 1e400 silently, or overflow converting it, and fail only mid-search."""
+    todo = [(value, path)]
+    while todo:  # a loop, not recursion: parse_spec also takes data that no YAML depth cap has seen
+        item, at = todo.pop()
+        if isinstance(item, dict):
+            todo.extend((v, f"{at}.{k}") for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            todo.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            checks.integer(item, at)
+        elif isinstance(item, float):
+            checks.finite(item, at)
 
 
 def grid_search_space(search_space: dict[str, ParamSpec]) -> dict[str, list[Any]]:

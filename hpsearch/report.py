@@ -9,6 +9,7 @@ import optuna
 
 from hpsearch import records, tracking
 from hpsearch import study as study_mod
+from hpsearch.credentials import mask_url, redact
 from hpsearch.errors import UsageError
 
 
@@ -34,7 +35,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "duration_s": _duration(t),
                 "params": dict(t.params),
                 "mlflow_run_id": t.user_attrs.get(records.ATTR_RUN_ID),
-                "reason": t.user_attrs.get(records.ATTR_FAIL_REASON),
+                "reason": redact(t.user_attrs.get(records.ATTR_FAIL_REASON) or "") or None,  # older studies
             }
         )
     return rows
@@ -65,13 +66,13 @@ def best_record(study: optuna.Study, storage_url: str | None, tracking_uri: str)
     return {
         "study_name": study.study_name,
         "storage": study_mod.storage_label(storage_url),
-        "tracking_uri": tracking_uri,
+        "tracking_uri": mask_url(tracking_uri),  # the record is printed and exported
         "metric": study.user_attrs.get(records.STUDY_METRIC),
         "direction": study.direction.name.lower(),
         "trial_number": best.number,
         "value": best.value,
         "params": dict(best.params),
         "mlflow_run_id": run_id,
-        "checkpoint": checkpoint,
+        "checkpoint": mask_url(checkpoint),
         "finished_trials": sum(1 for t in study.get_trials(deepcopy=False) if t.state in study_mod.FINISHED),
     }

@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 
 from hpsearch import records, tracking
 from hpsearch import study as study_mod
+from hpsearch.credentials import mask_url, masked_spec
 from hpsearch.devices import plan_slots
 from hpsearch.live import LiveView
 from hpsearch.registry import build_pruner, build_sampler
@@ -20,8 +21,11 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
     # the values are sampled in the workers, each with its own sampler.
     sampler = build_sampler(spec.study.sampler, spec.search_space)
-    study, resumed = study_mod.create_or_resume(spec, sampler, build_pruner(spec.study.pruner), storage_url)
-    study.set_user_attr(records.STUDY_TRACKING_URI, spec.tracking.uri)
+    # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
+    # (the real URLs are passed on separately, and come back from the options or the environment).
+    study, resumed = study_mod.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
+                                                storage_url)
+    study.set_user_attr(records.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
     # fail what is still open, then retry each once with the same parameters.
@@ -45,7 +49,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
         parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
     study_mod.remember_last_run(
-        study_mod.LastRun(spec.study.name, storage_url, spec.tracking.uri, spec.source)
+        study_mod.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
     )
 
     live = LiveView(spec.study.metric, spec.study.direction, n)
@@ -58,7 +62,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         click.echo(
             f"running {n - finished} more trial(s) on {len(slots)} slot(s): "
             + ", ".join(sorted({s.label for s in slots}))
-            + f"; MLflow: {spec.tracking.uri} (experiment {spec.tracking.experiment!r})"
+            + f"; MLflow: {mask_url(spec.tracking.uri)} (experiment {spec.tracking.experiment!r})"
         )
     live.start({s.name: c for s, c in counts.items()}, best_value, best_trial)
     orchestrator = Orchestrator(
@@ -84,7 +88,17 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
         + ("; stopped by --timeout" if summary.timed_out else "")
     )
+    if summary.checkpoints_lost:
+        click.echo(checkpoints_lost_line(summary.checkpoints_lost))
     return summary
+
+
+def checkpoints_lost_line(trials: list[int]) -> str:
+    """The run summary's warning for checkpoints that could not be stored."""
+    return (
+        f"WARNING: {len(trials)} checkpoint(s) not stored (trial(s) {', '.join(map(str, trials))}); "
+        f"each run's MLflow tag {records.TAG_CHECKPOINT_ERROR} says why"
+    )
 
 
 def _parent_params(spec: Spec) -> dict[str, object]:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from hpsearch import checks
-from hpsearch.checks import HPARAM_DEFAULTS, SpecError
+from hpsearch.checks import HPARAM_DEFAULTS, SpecError, shown
 from hpsearch.params import HPARAM_TYPES, TRAIN_SETTINGS, check_hparam_value
 
 PARAM_TYPES = ("float", "int", "categorical")
@@ -71,7 +71,7 @@ def parse_search_space(raw: Any, train: dict) -> dict[str, ParamSpec]:
 
 def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
     if not isinstance(entry, dict):
-        raise SpecError(at, f"must be a mapping with a type (to fix a value, put it under train), got {entry!r}")
+        raise SpecError(at, f"must be a mapping with a type (to fix a value, put it under train), got {shown(entry)}")
     if "type" not in entry:
         raise SpecError(f"{at}.type", f"required ({', '.join(PARAM_TYPES)})")
     param_type = checks.one_of(entry["type"], PARAM_TYPES, f"{at}.type")
@@ -98,26 +98,31 @@ def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
     low, high = read(entry["low"], f"{at}.low"), read(entry["high"], f"{at}.high")
     log = checks.boolean(entry.get("log", False), f"{at}.log")
     if log and param_type == "float" and low <= 0:
-        raise SpecError(f"{at}.low", f"must be > 0 when log is true, got {low!r}")
+        raise SpecError(f"{at}.low", f"must be > 0 when log is true, got {shown(low)}")
     if log and param_type == "int" and low < 1:
-        raise SpecError(f"{at}.low", f"must be >= 1 when log is true, got {low!r}")
-    if low >= high:
-        raise SpecError(at, f"low must be < high, got low={low!r}, high={high!r}")
+        raise SpecError(f"{at}.low", f"must be >= 1 when log is true, got {shown(low)}")
+    # low == high is refused although Optuna accepts it (as a fixed value): a fixed value belongs under
+    # train, and a one-point range is more often a typo than a choice. Floats compare as Optuna will see them.
+    if float(low) == float(high):
+        raise SpecError(at, f"low equals high (to fix a value, put it under train), got low={shown(low)}, "
+                            f"high={shown(high)}")
+    if low > high:
+        raise SpecError(at, f"low must be < high, got low={shown(low)}, high={shown(high)}")
     for bound, value in (("low", low), ("high", high)):
-        problem = check_hparam_value(name, value)
+        problem = check_hparam_value(name, value, show=shown)
         if problem:
             raise SpecError(f"{at}.{bound}", problem)
     step = entry.get("step")
     if step is not None:
         step = read(step, f"{at}.step")
         if step <= 0:
-            raise SpecError(f"{at}.step", f"must be > 0, got {step!r}")
+            raise SpecError(f"{at}.step", f"must be > 0, got {shown(step)}")
         if log:
             raise SpecError(f"{at}.step", "cannot be combined with log: true")
         # Optuna would silently move `high` down to the grid; say so instead.
         if (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
-            raise SpecError(f"{at}.step", f"high - low must be a multiple of step, got low={low!r}, high={high!r}, "
-                                          f"step={step!r}")
+            raise SpecError(f"{at}.step", f"high - low must be a multiple of step, got low={shown(low)}, "
+                                          f"high={shown(high)}, step={shown(step)}")
     if param_type == "float":
         low, high, step = float(low), float(high), None if step is None else float(step)
     return ParamSpec(name, param_type, low=low, high=high, log=log, step=step, when=when)
@@ -127,19 +132,19 @@ def _choices(name: str, raw: Any, path: str) -> tuple:
     if raw is None:
         raise SpecError(path, "required")
     if not isinstance(raw, list) or not raw:
-        raise SpecError(path, f"must be a non-empty list, got {raw!r}")
+        raise SpecError(path, f"must be a non-empty list, got {shown(raw)}")
     choices: list[Any] = []
     for i, value in enumerate(raw):
         value = checks.hparam_value(name, value, f"{path}[{i}]")
         if value in choices:
-            raise SpecError(f"{path}[{i}]", f"{value!r} is already choices[{choices.index(value)}]")
+            raise SpecError(f"{path}[{i}]", f"{shown(value)} is already choices[{choices.index(value)}]")
         choices.append(value)
     return tuple(choices)
 
 
 def _parse_when(raw: Any, path: str) -> dict[str, tuple]:
     if not isinstance(raw, dict) or not raw:
-        raise SpecError(path, f"must be a mapping of parameter: value or [values], got {raw!r}")
+        raise SpecError(path, f"must be a mapping of parameter: value or [values], got {shown(raw)}")
     when = {}
     for cond, values in raw.items():
         values = tuple(values) if isinstance(values, list) else (values,)
@@ -160,25 +165,26 @@ def _check_condition(name: str, cond: Any, values: tuple, space: dict[str, Param
             if target.type == "categorical":
                 if value not in target.options:
                     valid = ", ".join(map(str, target.options))
-                    raise SpecError(at, f"{cond} never takes {value!r} (its choices: {valid})")
+                    raise SpecError(at, f"{cond} never takes {shown(value)} (its choices: {valid})")
             elif target.type == "int":
                 low, high = target.bounds
                 on_grid = isinstance(value, int) and not isinstance(value, bool) and (
                     low <= value <= high and (value - low) % (target.step or 1) == 0
                 )
                 if not on_grid:
-                    raise SpecError(at, f"{cond} never takes {value!r} (it ranges over {target.low}..{target.high})")
+                    ranges = f"{target.low}..{target.high}"
+                    raise SpecError(at, f"{cond} never takes {shown(value)} (it ranges over {ranges})")
             else:
                 raise SpecError(at, f"{cond} is a float range; a condition needs a categorical or int parameter")
     elif cond in train:
         values = tuple(checks.hparam_value(cond, v, at) for v in values)
         if train[cond] not in values:
-            raise SpecError(at, f"never true: train.{cond} is {train[cond]!r}")
+            raise SpecError(at, f"never true: train.{cond} is {shown(train[cond])}")
     else:
         known = [*space, *train]
-        close = difflib.get_close_matches(str(cond), known, n=1)
+        close = difflib.get_close_matches(str(cond)[:80], known, n=1) if isinstance(cond, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SpecError(at, f"{cond!r} is not a parameter in search_space or train{hint}")
+        raise SpecError(at, f"{shown(cond)} is not a parameter in search_space or train{hint}")
 
 
 def _check_no_cycles(space: dict[str, ParamSpec]) -> None:

@@ -3,8 +3,9 @@
 Every refusal is a SpecError that names the dotted path of the offending field
 (`search_space.lr.low: must be > 0, got -1`), so the CLI can print one line and exit 2.
 Validation happens here, once (in the process that reads the file), so the study, workers and
-objective can trust a Spec. Single values are checked in checks.py, `search_space:` in space.py,
-sampler and pruner keywords in registry.py, `task.data` values by config.DataConfig itself.
+objective can trust a Spec. The YAML is read by strict_yaml.py, single values are checked in checks.py,
+`search_space:` in space.py, sampler and pruner keywords in registry.py, `task.data` values by
+config.DataConfig itself.
 
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.
@@ -25,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from hpsearch import checks, registry
+from hpsearch import checks, registry, strict_yaml
 from hpsearch.checks import SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
 from hpsearch.params import CHECKPOINT_POLICIES, CUDA_GRAPH_MODES, DIRECTIONS, METRICS, TRAIN_SETTINGS
@@ -132,11 +131,16 @@ def _pruner_to_dict(pruner: PrunerSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- entry points
 
 
+MAX_FILE_BYTES = 256 << 10  # a space file is a few KB; this bounds the pure-Python YAML parse at ~3 s
+
+
 def load_spec(path: str | os.PathLike) -> Spec:
     """Read and validate a search-space file."""
     where = os.fspath(path)
     try:
-        text = Path(where).read_text(encoding="utf-8")
+        with open(where, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # bounded: `validate /dev/zero` must end too
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(where, "no such file") from None
     except IsADirectoryError:
@@ -145,18 +149,15 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raise SpecError(where, "is not UTF-8 text") from None
     except OSError as e:
         raise SpecError(where, e.strerror or str(e)) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(where, f"is larger than {MAX_FILE_BYTES >> 10} KiB: not a space file")
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "malformed"
-        where_in = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(where, f"invalid YAML{where_in}: {problem}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(where, f"invalid YAML: {e}") from None
-    if data is None:
-        raise SpecError(where, "empty file")
-    return parse_spec(data, source=where)
+        data = strict_yaml.load(text, where)
+        if data is None:
+            raise SpecError(where, "empty file")
+        return parse_spec(data, source=where)
+    except RecursionError:  # strict_yaml caps nesting; this is the net under any other deep walk
+        raise SpecError(where, "nested too deeply to read") from None
 
 
 SECTIONS = ("study", "task", "train", "search_space", "resources", "tracking")
@@ -252,14 +253,16 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         raise SpecError("study.name", "required (there is no file to take the name from)")
     else:
         stem = Path(source).stem
-        if not checks.NAME.fullmatch(stem):
-            raise SpecError("study.name", f"the file's stem {stem!r} is not a valid study name: set study.name")
-        name = stem
+        try:
+            name = checks.study_name(stem, "study.name")
+        except SpecError:
+            raise SpecError("study.name", f"the file's stem {checks.shown(stem)} is not a valid study name: "
+                                          "set study.name") from None
     metric = checks.one_of(raw.get("metric", "val_accuracy"), METRICS, "study.metric")
     natural = "maximize" if metric == "val_accuracy" else "minimize"
     direction = checks.one_of(raw.get("direction", natural), DIRECTIONS, "study.direction")
     if direction != natural:
-        raise SpecError("study.direction", f"must be {natural} for {metric}, got {direction!r}")
+        raise SpecError("study.direction", f"must be {natural} for {metric}, got {checks.shown(direction)}")
     timeout = raw.get("timeout")
     return StudySpec(
         name=name,
@@ -344,7 +347,7 @@ def _weights(model: str, value: Any, path: str) -> str:
     if value is None or (isinstance(value, str) and value.lower() == "none"):
         return "none"
     if not isinstance(value, str):
-        raise SpecError(path, f"must be none, DEFAULT, a weights name or a file path, got {value!r}")
+        raise SpecError(path, f"must be none, DEFAULT, a weights name or a file path, got {checks.shown(value)}")
     if value.upper() == "DEFAULT":
         return "DEFAULT"
     if is_weights_path(value):
@@ -357,7 +360,8 @@ def _weights(model: str, value: Any, path: str) -> str:
     member = value.removeprefix(f"{enum.__name__}.")  # 'MobileNet_V2_Weights.IMAGENET1K_V2' works too
     if member not in enum.__members__:
         valid = ", ".join(["none", *enum.__members__])
-        raise SpecError(path, f"{model} has no weights {value!r} (valid: {valid}, or a path to a state_dict file)")
+        raise SpecError(path, f"{model} has no weights {checks.shown(value)} "
+                              f"(valid: {valid}, or a path to a state_dict file)")
     return member
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import records
-from hpsearch.errors import UsageError
+from hpsearch.credentials import mask_url
+from hpsearch.errors import RunFailure, UsageError
 from hpsearch.locks import file_lock, postgres_lock
 from hpsearch.records import (
     ATTR_HEARTBEAT,
@@ -58,14 +62,111 @@ def open_storage(url: str | None) -> BaseStorage:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     path = Path(url).resolve()  # absolute: a later chdir must not move the study
     path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    return _open_journal(path, shown=url)
 
-    # The open(O_EXCL) lock works on every filesystem, NFS included, unlike symlinks on some mounts.
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+def _open_journal(path: Path, shown: str) -> BaseStorage:
+    """The journal at `path`, its torn tail (if any) set aside first; `shown` is how messages name it."""
+    lock = _MendingJournalLock(path, shown)
+    # Optuna's replay would skip a torn tail silently, but then readers (status, best) would never
+    # repair it: take the lock once now, which sets it aside.
+    lock.acquire()
+    lock.release()
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    except Exception as exc:  # Optuna replays the whole file here: one bad line makes the study unreadable
+        raise RunFailure(journal_damage(path, shown, exc)) from exc
+
+
+class _MendingJournalLock(JournalFileOpenLock):
+    """Optuna's journal lock that, once held, sets aside a torn tail (see set_aside_torn_tail).
+
+    The open(O_EXCL) lock works on every filesystem, NFS included, unlike symlinks on some mounts.
+    Optuna holds it for every append, so a tail torn by another process (killed, disk full) while
+    this one runs on is cut before our next record would be glued onto it, not only on open.
+    """
+
+    def __init__(self, path: Path, shown: str):
+        super().__init__(str(path))
+        self.path = path
+        self.shown = shown
+
+    def acquire(self) -> bool:
+        held = super().acquire()
+        try:
+            moved = set_aside_torn_tail(self.path)
+        except BaseException:
+            self.release()
+            raise
+        if moved:
+            print(f"warning: {self.shown} ended in a torn record ({moved} bytes without their newline: a crash "
+                  f"or full disk mid-write); moved them to {self.shown}{TORN_SUFFIX}", file=sys.stderr)
+        return held
+
+
+TORN_SUFFIX = ".torn"
+_TAIL_CHUNK = 1 << 16
+
+
+def set_aside_torn_tail(path: Path) -> int:
+    """Move a last line that lacks its newline to `<journal>.torn`; returns how many bytes moved (0: none).
+
+    A crash or a full disk in the middle of an append leaves such a tail. Optuna skips it, but the
+    next append is glued onto it and that merged line fails to parse from then on, so every later
+    open of the study fails. Call with the journal's lock held. Each tear is appended to the .torn
+    file as one line, which is never truncated: the bytes are kept for whoever investigates.
+    """
+    try:
+        journal = open(path, "r+b")
+    except FileNotFoundError:
+        return 0
+    with journal:
+        size = journal.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        journal.seek(size - 1)
+        if journal.read(1) == b"\n":
+            return 0
+        start = size  # find where the torn line begins: just after the last newline, reading backwards
+        while start > 0:
+            chunk_start = max(0, start - _TAIL_CHUNK)
+            journal.seek(chunk_start)
+            newline = journal.read(start - chunk_start).rfind(b"\n")
+            if newline >= 0:
+                start = chunk_start + newline + 1
+                break
+            start = chunk_start
+        journal.seek(start)
+        torn = journal.read()
+        # Keep the bytes durably before cutting them: a crash in between leaves a copy, never a loss.
+        with open(path.with_name(path.name + TORN_SUFFIX), "ab") as kept:
+            kept.write(torn + b"\n")
+            kept.flush()
+            os.fsync(kept.fileno())
+        journal.truncate(start)
+        journal.flush()
+        os.fsync(journal.fileno())
+    return len(torn)
+
+
+def journal_damage(path: Path, shown: str, exc: Exception) -> str:
+    """One line naming the journal and its first line that is not a JSON record (or, failing that, the error)."""
+    try:
+        with open(path, "rb") as journal:
+            for number, line in enumerate(journal, start=1):
+                try:
+                    json.loads(line)
+                except ValueError as bad:
+                    return (f"{shown} line {number} is not a valid journal record ({bad}); the study cannot be "
+                            "read until that line is repaired or removed")
+    except OSError as unreadable:
+        return f"{shown} cannot be read: {unreadable}"
+    return f"{shown} cannot be replayed: {type(exc).__name__}: {exc}"
 
 
 def storage_label(url: str | None) -> str:
-    return url or DEFAULT_STORAGE
+    """The storage as hpsearch may show it: its password masked."""
+    return mask_url(url) or DEFAULT_STORAGE
 
 
 def load_existing_study(name: str, storage_url: str | None) -> optuna.Study:
@@ -256,9 +357,16 @@ class LastRun:
 
 def remember_last_run(last: LastRun) -> None:
     STUDIES_DIR.mkdir(exist_ok=True)
-    tmp = LAST_RUN_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(last.__dict__ | {"time": time.time()}, indent=2))
-    tmp.replace(LAST_RUN_FILE)
+    # A name of its own in the same folder, then an atomic rename: two runs finishing together each
+    # replace the whole file, so a reader sees one of them complete, never a torn or mixed file.
+    fd, tmp = tempfile.mkstemp(dir=STUDIES_DIR, prefix=".last_run.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(last.__dict__ | {"time": time.time()}, indent=2))
+        os.replace(tmp, LAST_RUN_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def last_run() -> LastRun | None:

@@ -14,7 +14,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,9 @@ class TrialRun:
         from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
         # The run's artifact URI is known since start: skip the get_run that log_artifact would do.
-        repo = get_artifact_repository(self.artifact_uri)
+        # The repository is resolved against this run's tracking URI, not the process's default one:
+        # an `mlflow-artifacts:` URI (a tracking server with --artifacts-destination) needs the server.
+        repo = get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri)
         if isinstance(repo, LocalArtifactRepository):
             # Local store: write the file where it belongs instead of writing it and copying it.
             folder = Path(repo.artifact_dir) / CHECKPOINT_DIR
@@ -258,11 +260,14 @@ class TrialRun:
             repo.log_artifact(path, CHECKPOINT_DIR)
 
     def finish(self, state: str, reason: str | None = None, status: str | None = None,
-               checkpoint: Mapping[str, Any] | None = None, wait: bool = True) -> None:
+               checkpoint: Mapping[str, Any] | None = None, wait: bool = True,
+               on_checkpoint_error: Callable[[str], None] | None = None) -> None:
         """Log the checkpoint (if any), tag the final state and close the run, exactly once.
 
         With wait=False this happens on the writer thread, after the queued metrics: the worker tells
         Optuna and starts its next trial meanwhile (the checkpoint write is the largest per-trial cost).
+        A checkpoint that cannot be stored is tagged on the run and handed to `on_checkpoint_error`
+        (on the writer thread), so that the failure is shown, not only recorded.
         """
         if self.finished:
             return
@@ -270,12 +275,19 @@ class TrialRun:
 
         def close() -> None:
             tags = {}
+            error = None
             if checkpoint is not None:
                 try:
                     self.log_checkpoint(checkpoint)
                 except Exception as exc:
-                    tags[TAG_CHECKPOINT_ERROR] = str(exc)[:MAX_TAG_CHARS]
-            close_run(self.client, self.run_id, status or RUN_STATUS[state], state=state, reason=reason, tags=tags)
+                    error = str(exc).strip() or type(exc).__name__
+                    tags[TAG_CHECKPOINT_ERROR] = error[:MAX_TAG_CHARS]
+            try:
+                close_run(self.client, self.run_id, status or RUN_STATUS[state], state=state, reason=reason,
+                          tags=tags)
+            finally:  # the failure is reported even when the run could not be closed either
+                if error is not None and on_checkpoint_error is not None:
+                    on_checkpoint_error(error)
 
         _WRITER.submit(close)
         if wait:

@@ -18,7 +18,7 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -30,6 +30,7 @@ from hpsearch.devices import Slot
 from hpsearch.errors import RunFailure
 from hpsearch.live import LiveView
 from hpsearch.records import (
+    CheckpointFailed,
     FailureKind,
     TrialEnded,
     WorkerEvent,
@@ -197,6 +198,7 @@ class RunSummary:
     seconds: float
     best_value: float | None = None
     best_trial: int | None = None
+    checkpoints_lost: list[int] = field(default_factory=list)  # trials whose checkpoint could not be stored
 
 
 class Orchestrator:
@@ -226,6 +228,7 @@ class Orchestrator:
         self.failures_in_a_row = 0
         self.last_beat = time.monotonic()
         self.incarnations = 0
+        self.checkpoints_lost: list[int] = []
 
     # ---- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -327,6 +330,9 @@ class Orchestrator:
             if event.failure is FailureKind.OOM and handle is not None:
                 self._retry_oom_beside_neighbours(handle)
             self._count_outcome(event.state, event.reason)
+        elif isinstance(event, CheckpointFailed):  # shown even if its worker has gone meanwhile
+            self.checkpoints_lost.append(event.trial)
+            self.live.checkpoint_failed(event.trial, event.error)
         elif isinstance(event, WorkerRetiring) and handle is not None:
             self.live.message(f"slot {index}: {event.reason}; starting a fresh worker process")
         elif isinstance(event, WorkerFree) and handle is not None and handle.trial_number == event.trial:
@@ -454,6 +460,7 @@ class Orchestrator:
             interrupted=interrupted,
             timed_out=timed_out,
             seconds=time.monotonic() - started,
+            checkpoints_lost=sorted(set(self.checkpoints_lost)),
         )
         if counts[TrialState.COMPLETE]:
             best = self.study.best_trial

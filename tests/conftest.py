@@ -5,6 +5,14 @@ Helpers that test modules import by name (run_cli, REPO, TINY_SPACE) are in supp
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +21,8 @@ import yaml
 from hpsearch.synthetic import write_image_folder
 
 from .support import TINY_SPACE, merge
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
@@ -39,3 +49,78 @@ def write_space(workdir):
 def image_folder():
     """write(root, layout, classes, train_per_class, test_per_class, size=32) → root."""
     return write_image_folder
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"hpsearch_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+MLFLOW_SERVER_START_SECONDS = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _end_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the whole group (the server, uvicorn and its workers); SIGKILL to what is left after 10 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader, or a leader that hung
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """start(backend_store_uri) → the URL of an `mlflow server` on loopback that serves artifacts
+    (--artifacts-destination under tmp_path); each server's whole process group is ended afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(backend_store_uri: str) -> str:
+        port = _free_port()
+        log_path = tmp_path / f"mlflow-server-{port}.log"
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+                 "--artifacts-destination", str(tmp_path / f"artifacts-{port}"),
+                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            )
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + MLFLOW_SERVER_START_SECONDS
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    return url
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up on {url}:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+
+    yield start
+    for proc in started:
+        _end_process_group(proc)

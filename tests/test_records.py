@@ -11,11 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch import records
+from hpsearch import records, tracking
 from hpsearch import study as study_mod
 from hpsearch.devices import plan_slots
 from hpsearch.live import LiveView
 from hpsearch.records import (
+    CheckpointFailed,
     EpochEnded,
     FailureKind,
     TrialEnded,
@@ -25,6 +26,7 @@ from hpsearch.records import (
     WorkerReady,
     WorkerRetiring,
 )
+from hpsearch.runner import checkpoints_lost_line
 from hpsearch.tracking import StudyTracker, TrialRun, close_killed_run
 from hpsearch.workers import Orchestrator, WorkerHandle
 
@@ -110,6 +112,24 @@ def test_every_way_a_run_ends_closes_it_once_with_its_state(tracker):
     assert tracker.client.get_run(parent).data.metrics == {"best_val_accuracy": 0.9}
 
 
+def test_a_checkpoint_that_cannot_be_stored_is_tagged_and_reported(tracker, monkeypatch):
+    def refuse(self, state_dict, name="model.pt"):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(TrialRun, "log_checkpoint", refuse)
+    run, reported = _trial_run(tracker), []
+    run.finish("COMPLETE", checkpoint={"w": 1}, wait=False, on_checkpoint_error=reported.append)
+    tracking.drain()  # it happens on the writer thread
+    assert reported == ["No space left on device"]
+    closed = tracker.client.get_run(run.run_id)
+    assert closed.info.status == "FINISHED" and closed.data.tags["hpsearch.state"] == "COMPLETE"
+    assert closed.data.tags[records.TAG_CHECKPOINT_ERROR] == "No space left on device"
+
+    stored, reported = _trial_run(tracker), []
+    stored.finish("COMPLETE", checkpoint=None, on_checkpoint_error=reported.append)
+    assert reported == [] and records.TAG_CHECKPOINT_ERROR not in tracker.client.get_run(stored.run_id).data.tags
+
+
 # ------------------------------------------------------------------ worker → parent events
 
 
@@ -121,6 +141,7 @@ EVENTS = [
     EpochEnded(3, 1, 2, {"val_accuracy": 0.5, "images_per_second": 1000.0}),
     TrialEnded(3, "FAIL", None, "out of memory: ...", FailureKind.OOM),
     WorkerFree(3),
+    CheckpointFailed(3, "No space left on device"),
 ]
 
 
@@ -165,6 +186,21 @@ def test_the_parent_acts_on_each_kind_of_event(capsys):
 
     orchestrator._handle_event(0, WorkerFatal("no dataset"))
     assert orchestrator.fatal == "no dataset" and orchestrator.stop_requested
+
+
+def test_a_lost_checkpoint_is_a_warning_at_once_and_a_count_in_the_summary(capsys):
+    orchestrator, _ = _orchestrator(capsys)
+    orchestrator._handle_event(0, TrialEnded(0, "COMPLETE", 0.75))
+    orchestrator._handle_event(0, CheckpointFailed(0, "When an mlflow-artifacts URI was supplied, ...\n1. Set"))
+    orchestrator.workers.clear()  # the last trial's checkpoint may fail after its worker has gone
+    orchestrator._handle_event(0, CheckpointFailed(2, "No space left on device"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
+    assert lines == ["WARNING: trial 0: checkpoint not stored (When an mlflow-artifacts URI was supplied, ...)",
+                     "WARNING: trial 2: checkpoint not stored (No space left on device)"]
+    assert orchestrator.checkpoints_lost == [0, 2]
+    assert checkpoints_lost_line([0, 2]) == (
+        "WARNING: 2 checkpoint(s) not stored (trial(s) 0, 2); each run's MLflow tag hpsearch.checkpoint_error says why"
+    )
 
 
 def test_trials_failing_in_a_row_stop_the_run_with_the_last_reason(capsys):

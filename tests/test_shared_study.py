@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import optuna
 import pytest
@@ -14,22 +13,6 @@ from optuna.trial import TrialState
 from hpsearch.study import open_storage
 
 pytestmark = pytest.mark.slow
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the local PostgreSQL server, dropped afterwards."""
-    import psycopg
-
-    name = f"hpsearch_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def run_two_at_once(space, cwd, *extra: str) -> list[subprocess.CompletedProcess]:

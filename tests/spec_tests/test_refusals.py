@@ -161,7 +161,9 @@ CASES = [
     ("search_space.lr.high", DELETE, "search_space.lr.high: required"),
     ("search_space.lr", {"type": "float", "low": 0.1, "high": 0.01},
      "search_space.lr: low must be < high, got low=0.1, high=0.01"),
-    ("search_space.lr", {"type": "float", "low": 0.1, "high": 0.1}, "search_space.lr: low must be < high, got low=0.1, high=0.1"),
+    # low == high: refused by decision (Optuna would accept it as a fixed value), see space._parse_param
+    ("search_space.lr", {"type": "float", "low": 0.1, "high": 0.1},
+     "search_space.lr: low equals high (to fix a value, put it under train), got low=0.1, high=0.1"),
     ("search_space.lr.low", 0, "search_space.lr.low: must be > 0 when log is true, got 0"),
     ("search_space.lr", {"type": "float", "low": -1, "high": 0.1}, "search_space.lr.low: must be > 0, got -1"),
     ("search_space.lr.low", "abc", "search_space.lr.low: must be a number, got 'abc'"),

@@ -1,0 +1,219 @@
+"""Broken and hostile space files: each is refused with exit 2 and one short line naming the field, fast,
+never a traceback (non-finite and oversized numbers, duplicate keys, dot-only study names, deep nesting,
+aliases, huge values)."""
+
+import time
+
+import pytest
+import yaml
+
+from hpsearch import strict_yaml
+from hpsearch.checks import shown
+from hpsearch.cli import main
+from hpsearch.spec import SpecError, apply_overrides, load_spec, parse_spec
+
+from .helpers import BASE, edited
+
+TASK = "task: {model: {name: mobilenet_v2, weights: none}, data: {name: fake}}\n"
+HEAD = "study: {name: t}\n" + TASK
+LONGEST = 400  # no message is longer than this, whatever the file holds
+INT64 = "must be < 9223372036854775808"
+
+
+def study(fields: str) -> str:
+    return f"study: {{name: t, {fields}}}\n" + TASK
+
+
+# (id, file text, the message after "<file>: " or the dotted path; {file} is the file's path)
+CASES = [
+    # non-finite numbers, wherever a number goes (also parsed from text: 1e999)
+    ("train-inf", HEAD + "train: {lr: .inf}\n", "train.lr: must be a finite number, got inf"),
+    ("train-minus-inf", HEAD + "train: {lr: -.inf}\n", "train.lr: must be a finite number, got -inf"),
+    ("train-nan", HEAD + "train: {momentum: .nan}\n", "train.momentum: must be a finite number, got nan"),
+    ("train-text-inf", HEAD + "train: {lr: 1e999}\n", "train.lr: must be a finite number, got '1e999'"),
+    ("low-nan", HEAD + "search_space:\n  lr: {type: float, low: .nan, high: 0.1}\n",
+     "search_space.lr.low: must be a finite number, got nan"),
+    ("high-inf", HEAD + "search_space:\n  lr: {type: float, low: 0.1, high: .inf}\n",
+     "search_space.lr.high: must be a finite number, got inf"),
+    ("high-text-inf", HEAD + "search_space:\n  lr: {type: float, low: 0.1, high: 1e999}\n",
+     "search_space.lr.high: must be a finite number, got '1e999'"),
+    ("step-nan", HEAD + "search_space:\n  dropout: {type: float, low: 0.1, high: 0.5, step: .nan}\n",
+     "search_space.dropout.step: must be a finite number, got nan"),
+    ("choice-inf", HEAD + "search_space:\n  batch_size: {type: categorical, choices: [32, .inf]}\n",
+     "search_space.batch_size.choices[1]: must be a finite number, got inf"),
+    ("when-nan", HEAD + "train: {epochs: 2}\n"
+     "search_space:\n  lr: {type: float, low: 0.01, high: 0.1, when: {epochs: .nan}}\n",
+     "search_space.lr.when.epochs: must be a finite number, got nan"),
+    ("val-fraction-nan", "study: {name: t}\ntask: {model: {name: mobilenet_v2, weights: none}, "
+     "data: {name: fake, val_fraction: .nan}}\n", "task.data.val_fraction: must be a finite number, got nan"),
+    ("timeout-inf", study("timeout: .inf"), "study.timeout: must be a duration like 8h, 30m, 90s or 1h30m, got inf"),
+    ("timeout-text-inf", study("timeout: '" + "9" * 400 + "'"),
+     f"study.timeout: must be at most 100 years, got {shown('9' * 400)}"),
+    ("pruner-nan", study("pruner: {name: threshold, lower: .nan}"),
+     "study.pruner.lower: must be a finite number, got nan"),
+    ("sampler-inf", study("sampler: {name: tpe, prior_weight: .inf}"),
+     "study.sampler.prior_weight: must be a finite number, got inf"),
+    # integers too large for a float, or for int64 where an integer goes
+    ("float-bound-10e400", HEAD + "search_space:\n  lr: {type: float, low: 0.1, high: 1" + "0" * 400 + "}\n",
+     "search_space.lr.high: must be a finite number, got an integer of about 401 digits"),
+    ("int-bound-10e30", HEAD + "search_space:\n  batch_size: {type: int, low: 1, high: 1" + "0" * 30 + "}\n",
+     f"search_space.batch_size.high: {INT64}, got 1" + "0" * 30),
+    ("train-int-10e400", HEAD + "train: {batch_size: 1" + "0" * 400 + "}\n",
+     f"train.batch_size: {INT64}, got an integer of about 401 digits"),
+    ("n-trials-10e30", study("n_trials: 1" + "0" * 30), f"study.n_trials: {INT64}, got 1" + "0" * 30),
+    ("hex-6000-digits", HEAD + "train: {epochs: 0x" + "f" * 5000 + "}\n",
+     f"train.epochs: {INT64}, got an integer of about 6021 digits"),
+    ("decimal-5000-digits", HEAD + "train: {epochs: 1" + "0" * 5000 + "}\n",
+     f"{{file}}: invalid YAML at line 3, column 17: cannot read {shown('1' + '0' * 5000)} as int: "
+     "Exceeds the limit (4300 digits) for integer string conversion"),
+    ("device-10e30", HEAD + "resources: {devices: [1" + "0" * 30 + "]}\n",
+     "resources.devices: must be auto, cpu, or GPU indices like 0,1 or [0, 1], got [1" + "0" * 30 + "]"),
+    ("bad-timestamp", HEAD + "tracking: {experiment: 2024-13-45}\n",
+     "{file}: invalid YAML at line 3, column 24: cannot read '2024-13-45' as timestamp: month must be in 1..12"),
+    # duplicate keys, at any level (quoted or not, a key is the same key)
+    ("duplicate-section", HEAD + "study: {name: u}\n", "{file}: duplicate key 'study' (line 3)"),
+    ("duplicate-bound", HEAD + "search_space:\n  lr:\n    type: float\n    low: 0.01\n    high: 0.1\n    'low': 0.02\n",
+     "search_space.lr: duplicate key 'low' (line 8)"),
+    ("duplicate-in-flow", study("sampler: {name: tpe, seed: 1, seed: 2}"),
+     "study.sampler: duplicate key 'seed' (line 1)"),
+    ("duplicate-in-list-item", HEAD + "resources: {devices: [{a: 1, a: 2}]}\n",
+     "resources.devices[0]: duplicate key 'a' (line 3)"),
+    # study names made of dots would be paths out of studies/
+    ("name-dot", "study: {name: .}\n" + TASK, "study.name: must not be only dots, got '.'"),
+    ("name-dot-dot", "study: {name: '..'}\n" + TASK, "study.name: must not be only dots, got '..'"),
+    ("name-too-long", "study: {name: " + "n" * 129 + "}\n" + TASK,
+     f"study.name: must be at most 128 characters, got {shown('n' * 129)}"),
+    # nesting that would exhaust the composer's recursion
+    ("deep-lists", HEAD + "train: {lr: " + "[" * 100_000 + "]" * 100_000 + "}\n",
+     "{file}: invalid YAML at line 3, column 61: nested deeper than 50 levels"),
+    ("deep-mappings", HEAD + "train: " + "{a: " * 40_000 + "1" + "}" * 40_000 + "\n",
+     "{file}: invalid YAML at line 3, column 201: nested deeper than 50 levels"),
+    # aliases, and so alias bombs
+    ("alias", HEAD + "x: &a [1]\ny: *a\n",
+     "{file}: invalid YAML at line 4, column 4: aliases are not allowed in a space file, got *a"),
+    ("billion-laughs", "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+     + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)),
+     "{file}: invalid YAML at line 2, column 8: aliases are not allowed in a space file, got *a"),
+    # huge values are quoted through the capped repr
+    ("long-string", HEAD + "train: {optimizer: '" + "a" * 200_000 + "'}\n",
+     f"train.optimizer: must be one of sgd, adam, adamw, rmsprop, got {shown('a' * 200_000)}"),
+    ("long-list", HEAD + "train: {lr: [" + ", ".join(["1"] * 20_000) + "]}\n",
+     "train.lr: must be a number, got [1, 1, 1, 1, 1, 1, ...]"),
+    ("too-large-file", HEAD + "#" + "x" * 300_000 + "\n", "{file}: is larger than 256 KiB: not a space file"),
+    # low == high: refused by decision (see space._parse_param), also when only the floats are equal
+    ("int-range-of-one", HEAD + "search_space:\n  batch_size: {type: int, low: 64, high: 64}\n",
+     "search_space.batch_size: low equals high (to fix a value, put it under train), got low=64, high=64"),
+    ("float-range-of-one",
+     HEAD + "search_space:\n  lr: {type: float, low: 100000000000000000, high: 100000000000000001}\n",
+     "search_space.lr: low equals high (to fix a value, put it under train), "
+     "got low=100000000000000000, high=100000000000000001"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused_by_load_spec_and_validate(tmp_path, capsys, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    expected = message.format(file=path)
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == expected
+    assert time.monotonic() - started < 10  # whatever the file holds (torchvision's import is ~2 s of it)
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.splitlines() == [f"error: {expected}"]
+    assert len(err) < LONGEST
+
+
+def test_huge_keys_and_tags_make_short_messages(tmp_path):
+    for text in (
+        HEAD + "search_space:\n  ? " + "k" * 200_000 + "\n  : 1\n",  # an explicit key may be any length
+        HEAD + "? " + "k" * 200_000 + "\n: 1\n",
+        HEAD + "train: !" + "t" * 100_000 + " 1\n",
+    ):
+        path = tmp_path / "s.yaml"
+        path.write_text(text)
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        assert len(str(info.value)) < LONGEST and "\n" not in str(info.value)
+
+
+def test_a_dot_only_file_stem_is_no_study_name(tmp_path):
+    path = tmp_path / "..yaml"  # stem '.'
+    path.write_text("study: {}\n" + TASK)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == "study.name: the file's stem '.' is not a valid study name: set study.name"
+
+
+def test_names_with_dots_among_other_characters_are_fine():
+    assert parse_spec(edited("study.name", "v1.2")).study.name == "v1.2"
+    assert parse_spec(edited("study.name", ".hidden")).study.name == ".hidden"
+
+
+def test_study_name_option_refuses_dots():
+    with pytest.raises(SpecError) as info:
+        apply_overrides(parse_spec(BASE), study_name="..")
+    assert str(info.value) == "--study-name: must not be only dots, got '..'"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("timeout", "9" * 400, f"--timeout: must be at most 100 years, got {shown('9' * 400)}"),
+    ("n_trials", "9" * 25, f"--n-trials: {INT64}, got {'9' * 25}"),
+    ("n_trials", "²", "--n-trials: must be an integer, got '²'"),  # str.isdigit() is true of it, int() refuses it
+    ("devices", "²", "--devices: must be auto, cpu, or GPU indices like 0,1 or [0, 1], got '²'"),
+])
+def test_options_parsed_from_text(option, value, message):
+    with pytest.raises(SpecError) as info:
+        apply_overrides(parse_spec(BASE), **{option: value})
+    assert str(info.value) == message
+
+
+def test_non_finite_values_given_as_python_data():
+    """parse_spec (also fed by exports and trials' values) refuses them like the file reader does."""
+    assert refusal_of(edited("train.lr", float("inf"))) == "train.lr: must be a finite number, got inf"
+    assert refusal_of(edited("study.sampler", {"name": "tpe", "prior_weight": float("nan")})) == (
+        "study.sampler.prior_weight: must be a finite number, got nan"
+    )
+
+
+def refusal_of(data) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return str(info.value)
+
+
+def test_a_recursion_error_anywhere_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    def too_deep(text, where):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(strict_yaml, "load", too_deep)
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}: nested too deeply to read"
+
+
+def test_anchors_merges_and_deep_enough_nesting_still_load(tmp_path):
+    """What the strict loader keeps: an anchor alone, a `<<:` merge of an inline mapping (its keys may be
+    overridden: that is no duplicate), and nesting up to the cap."""
+    path = tmp_path / "s.yaml"
+    nested = "[" * (strict_yaml.MAX_DEPTH - 4) + "]" * (strict_yaml.MAX_DEPTH - 4)
+    path.write_text(
+        "study: &s {name: t, <<: {n_trials: 3, metric: val_accuracy}, n_trials: 5}\n" + TASK
+        + f"search_space:\n  lr: {{type: float, low: 0.001, high: 0.1}}\n# {nested}\n"
+    )
+    spec = load_spec(path)
+    assert spec.study.n_trials == 5
+    assert strict_yaml.load("a: " + "[" * (strict_yaml.MAX_DEPTH - 1) + "]" * (strict_yaml.MAX_DEPTH - 1), "f")
+
+
+def test_exported_specs_hold_no_aliases():
+    """`best --export` writes spec.to_dict() with yaml.safe_dump, which writes aliases for shared objects;
+    the strict loader refuses aliases, so to_dict must share none."""
+    text = yaml.safe_dump(parse_spec(BASE).to_dict())
+    assert "&" not in text and "*" not in text

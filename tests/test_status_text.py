@@ -1,0 +1,39 @@
+"""`status` and the live view print whatever a trial's text holds: rich markup in a fail reason is text."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from hpsearch import records
+from hpsearch.cli import main
+from hpsearch.devices import Slot
+from hpsearch.live import LiveView
+from hpsearch.study import open_storage
+
+REASON = "RuntimeError: boom [/x] then [bold]loud and [/] [link=file:///etc]x[/link]"
+
+
+def test_status_prints_a_fail_reason_with_markup(capsys, workdir):
+    storage = str(workdir / "studies" / "journal.log")
+    study = optuna.create_study(study_name="tiny", storage=open_storage(storage), direction="maximize")
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)})
+    trial.set_user_attr(records.ATTR_FAIL_REASON, REASON)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(SystemExit) as exc:
+        main(["status", "--study", "tiny", "--storage", storage])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    assert "FAIL" in out and "[/x]" in out and "[bold]" in out  # shown as written, not interpreted
+
+
+def test_live_view_prints_a_fail_reason_with_markup(capsys):
+    for interactive in (True, False):
+        live = LiveView("val_accuracy", "maximize", 3, interactive=interactive)
+        live.start({}, None, None)
+        live.assign(Slot(0, None), 0)
+        live.trial_ended(Slot(0, None), 0, "FAIL", None, REASON)
+        live.message(REASON)
+        live.close()
+    out = capsys.readouterr().out
+    assert "[/x]" in out and "[bold]" in out
