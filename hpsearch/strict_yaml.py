@@ -33,7 +33,7 @@ class _Loader(yaml.SafeLoader):
         self._trail: list[str] = []  # path segments of the node being composed
         self._paths: dict[Node, str] = {}  # each mapping node → its dotted path, for duplicate-key errors
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ComposerError(None, None, f"aliases are not allowed in a space file, got *{clipped(event.anchor)}",
@@ -63,7 +63,7 @@ class _Loader(yaml.SafeLoader):
             raise ConstructorError(None, None, f"cannot read {shown(node.value)} as {kind}: {reason}",
                                    node.start_mark) from None
 
-    def construct_mapping(self, node: Node, deep: bool = False) -> dict:
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict:
         if isinstance(node, MappingNode):
             seen: set = set()
             for key_node, _ in node.value:
