@@ -65,12 +65,7 @@ def main() -> None:
         n = len(train)
 
         for label, processes in (("single_process", 0), ("dataloader_processes", data_mod._loader_workers())):
-            original = data_mod._loader_workers
-            data_mod._loader_workers = lambda p=processes: p  # the same code path, with the pool size forced
-            try:
-                seconds, part = timed(lambda: _decode_all(train, args.image_size))
-            finally:
-                data_mod._loader_workers = original
+            seconds, part = timed(lambda p=processes: _decode_all(train, args.image_size, workers=p))
             assert part.images.shape == (n, 3, args.image_size, args.image_size)
             results[label] = {"seconds": seconds, "images_per_second": n / seconds, "processes": processes}
             print(f"in memory, {label} ({processes} processes): {n / seconds:,.0f} images/s")

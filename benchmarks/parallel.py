@@ -288,7 +288,9 @@ def main() -> None:
         else:
             print("gpu: no CUDA device here; skipped")
     if args.only == "cpu-slots":  # minutes of CPU: only when asked for
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from hpsearch.devices import usable_cores
+
+        cores = usable_cores()  # the same count `trials_per_device: auto` splits
         r = results["cpu_slots"] = cpu_slots(cores, args.steps, args.quickstart_trials)
         for layout, v in r["mnv2_cifar"].items():
             print(f"MobileNetV2 CIFAR-shaped, {layout} (processes x threads): {v['images_per_second']:.0f} img/s "

@@ -263,7 +263,8 @@ class _Part:
     def take(self, idx: torch.Tensor) -> _Part:
         if self.images is not None:
             return _Part(self.labels[idx], images=self.images[idx])
-        return _Part(self.labels[idx], paths=[self.files()[i] for i in idx.tolist()])
+        paths = self.files()
+        return _Part(self.labels[idx], paths=[paths[i] for i in idx.tolist()])
 
     def files(self) -> list[str]:
         assert self.paths is not None, "a part read as arrays has no files"
@@ -405,10 +406,15 @@ def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
     return rest.sort().values, held.sort().values
 
 
-def _decode_all(part: _Part, size: int) -> _Part:
-    """Decode image files into one uint8 tensor, in parallel worker processes when there are many."""
+PARALLEL_DECODE_FILES = 2000  # below this, starting decoding processes costs more than it saves
+
+
+def _decode_all(part: _Part, size: int, workers: int | None = None) -> _Part:
+    """Decode image files into one uint8 tensor, in `workers` DataLoader processes (default: several
+    when there are many files, none otherwise)."""
     files = _ImageFiles(part.files(), part.labels, size)
-    workers = _loader_workers() if len(files) >= 2000 else 0
+    if workers is None:
+        workers = _loader_workers() if len(files) >= PARALLEL_DECODE_FILES else 0
     loader = torch.utils.data.DataLoader(files, batch_size=256, num_workers=workers)
     return _Part(part.labels, images=torch.cat([x for x, _ in loader]))
 

@@ -55,7 +55,7 @@ def physical_gpu(index: int, parent_visible: str | None) -> str:
 GPU_MEMORY_SHARE = 0.95  # of a GPU's memory, split between the trials packed on it
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (a container's or taskset's share, not the whole machine's)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
@@ -102,7 +102,7 @@ def plan_slots(devices: str | tuple[int, ...], trials_per_device: int | str, gpu
         if missing:
             raise UsageError(f"--devices: GPU {missing[0]} does not exist (this machine sees {n} GPU(s))")
         gpus = list(devices)
-    cores = cpu_count or _usable_cores()
+    cores = cpu_count or usable_cores()
     if isinstance(trials_per_device, int):
         per_device = trials_per_device
     else:  # "auto"

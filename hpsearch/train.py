@@ -354,16 +354,17 @@ class Trainer:
         self._forward_backward_step(x.contiguous(memory_format=self.memory_format), y)
 
     def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # On our device, whichever is current: torch.cuda.graph() synchronizes and captures there.
-        with torch.cuda.device(self.device):
-            if self._graph is None and _graphs_off_reason is not None:  # another capture failed meanwhile
-                self.use_graphs = False
-                self._eager_step(x, y)
-                return
-            if self._graph is None and self._eager_steps < GRAPH_WARMUP_STEPS:
-                self._warmup_step(x, y)
-                return
-            if self._graph is None:
+        if self._graph is None:
+            # Warm-up and capture on our device, whichever is current: torch.cuda.graph() synchronizes
+            # and captures there. Replays need no device switch (CUDAGraph.replay guards its own).
+            with torch.cuda.device(self.device):
+                if _graphs_off_reason is not None:  # another capture failed meanwhile
+                    self.use_graphs = False
+                    self._eager_step(x, y)
+                    return
+                if self._eager_steps < GRAPH_WARMUP_STEPS:
+                    self._warmup_step(x, y)
+                    return
                 failure = self._capture(x, y)
                 if failure is not None:  # unsupported op, optimizer or driver: train on, eagerly
                     warnings.warn(f"CUDA graph capture failed, training eagerly instead: {failure}", stacklevel=3)
@@ -371,11 +372,11 @@ class Trainer:
                     self.use_graphs = False
                     self._eager_step(x, y)
                     return
-            assert self._graph is not None and self._static is not None
-            static_x, static_y = self._static
-            static_x.copy_(x)  # into the model's memory format, if x is not in it yet
-            static_y.copy_(y)
-            self._graph.replay()
+        assert self._graph is not None and self._static is not None
+        static_x, static_y = self._static
+        static_x.copy_(x)  # into the model's memory format, if x is not in it yet
+        static_y.copy_(y)
+        self._graph.replay()
 
     def _warmup_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """A real training step, run eagerly on the side stream as graph capture requires."""
