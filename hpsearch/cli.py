@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -266,7 +267,9 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     for k, v in record["params"].items():
         click.echo(f"  {k:<14} {v:.6g}" if isinstance(v, float) else f"  {k:<14} {v}")
     click.echo(f"mlflow run   {record['mlflow_run_id']}")
-    click.echo(f"checkpoint   {record['checkpoint'] or '-'}")
+    click.echo(f"checkpoint   {record['checkpoint'] or record['checkpoint_local'] or '-'}")
+    if record.get("checkpoint_note"):
+        click.echo(f"             ({record['checkpoint_note']})")
     if evaluate:
         click.echo(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
     if "exported" in record:
@@ -280,13 +283,14 @@ def _evaluate_best(study, record, device, uri: str) -> dict:
     from hpsearch.export import spec_of_study
     from hpsearch.retrain import evaluate_checkpoint, pick_device
 
-    if not record.get("checkpoint"):
-        raise UsageError(
-            f"--evaluate: trial {record['trial_number']} logged no checkpoint (tracking.checkpoints is 'none'?)"
-        )
+    if not record.get("checkpoint") and not record.get("checkpoint_local"):
+        raise UsageError(f"--evaluate: {record['checkpoint_note']}")
     spec = spec_of_study(study)
+    if spec.task.data.held_out_test == 0:
+        raise UsageError(f"--evaluate: study {study.study_name!r} held out no test split "
+                         "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_checkpoint(uri, record["mlflow_run_id"], tmp)
+        path = record["checkpoint_local"] or tracking.download_checkpoint(uri, record["mlflow_run_id"], tmp)
         loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
     return {"test_accuracy": acc, "test_loss": loss}
 
@@ -312,7 +316,10 @@ def train(config, device, output, tracking_uri):
 
     result = train_config(spec, pick_device(device), out, on_epoch=show)
     click.echo(f"best epoch {result.best_epoch}: {spec.study.metric} {result.best_value:.4f}")
-    click.echo(f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})")
+    if math.isnan(result.test_accuracy):
+        click.echo("test accuracy -: no test split held out (task.data.test_fraction: 0)")
+    else:
+        click.echo(f"test accuracy {result.test_accuracy:.4f} (loss {result.test_loss:.4f})")
     click.echo(f"weights: {result.best_path} (best), {result.final_path} (final); mlflow run {result.run_id}")
 
 

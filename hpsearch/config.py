@@ -14,6 +14,9 @@ from hpsearch.params import AUGMENTS, DATASETS
 
 PAD = 4  # random-crop padding (the CIFAR standard): images must be larger than it
 WEIGHTS_FILE_SUFFIXES = (".pt", ".pth", ".bin")
+# The share of a dataset held out for testing, where the dataset has no official test split. The
+# others (CIFAR's test batches, an image folder's val/ or test/) are used as they are.
+DEFAULT_TEST_FRACTIONS = {"digits": 0.2, "fake": 0.25}
 
 
 class DataConfigError(ValueError):
@@ -32,6 +35,7 @@ class DataConfig:
     name: str
     root: str = "data"
     val_fraction: float = 0.1
+    test_fraction: float | None = None  # None: DEFAULT_TEST_FRACTIONS; datasets with a test split: unused
     image_size: int | None = None  # None: the dataset's own size
     download: bool = False
     augment: str = "standard"
@@ -54,6 +58,22 @@ class DataConfig:
         for field, ok, rule in rules:
             if not ok:
                 raise DataConfigError(field, f"{rule}, got {getattr(self, field)!r}")
+        if self.test_fraction is not None:
+            if self.name not in DEFAULT_TEST_FRACTIONS:
+                raise DataConfigError("test_fraction", f"does not apply to {self.name}: its own test split is used "
+                                                       "as it is (leave test_fraction out)")
+            if not 0 <= self.test_fraction < 1:
+                raise DataConfigError("test_fraction", f"must be in [0, 1), got {self.test_fraction!r}")
+            if self.test_fraction + self.val_fraction >= 1:
+                raise DataConfigError("test_fraction", f"plus val_fraction must be below 1, got {self.test_fraction!r} "
+                                                       f"+ {self.val_fraction!r}")
+
+    @property
+    def held_out_test(self) -> float | None:
+        """The share of the data carved out for testing; None where the dataset has its own test split."""
+        if self.name not in DEFAULT_TEST_FRACTIONS:
+            return None
+        return DEFAULT_TEST_FRACTIONS[self.name] if self.test_fraction is None else self.test_fraction
 
 
 def is_weights_path(weights: str) -> bool:

@@ -26,8 +26,7 @@ NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagef
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CPU_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 images `in_memory: auto` keeps in host memory
 CUDA_MEMORY_SHARE = 0.25  # ... and the share of free device memory it may take on CUDA
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_TEST_SEED = 0  # fixed: the digits test split must not move with split_seed
+TEST_SPLIT_SEED = 0  # fixed: a carved test split must not move with split_seed
 
 
 class DatasetNotFound(Exception):
@@ -135,6 +134,22 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i >= n, 2 * (n - 1) - i, i).clamp_(0, n - 1)
 
 
+def batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> list[tuple[int, int]]:
+    """[start, stop) of each batch of one pass over n items.
+
+    The ragged last batch is kept (every image is seen every epoch) unless drop_last; a last batch
+    of one single item joins the batch before it, since BatchNorm cannot train on one image. A split
+    smaller than one batch is one batch of the whole split.
+    """
+    batch_size = max(1, min(batch_size, n))
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if drop_last and n % batch_size:
+        bounds.pop()
+    elif len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _permutation(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     where = generator.device if generator is not None else device
     return torch.randperm(n, generator=generator, device=where).to(device)
@@ -159,19 +174,16 @@ class TensorSplit:
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x float32 normalised, N×C×H×W in whatever layout the pipeline made, y int64), on the device.
 
-        drop_last keeps every batch the same shape (CUDA graphs need that); a split smaller than
-        one batch gives one batch of the whole split rather than none.
+        Batches as batch_bounds cuts them: drop_last keeps every batch the same shape.
         """
         n = len(self)
-        batch_size = min(batch_size, n)
         order = _permutation(n, generator, self.images.device) if shuffle else None
-        stop = n - n % batch_size if drop_last else n
         device = self.pipeline.device
         # Streamed from pinned host memory: gather shuffled batches into pinned memory too, or the
         # non_blocking copies below would be synchronous (pageable memory).
         pin = device.type == "cuda" and not self.images.is_cuda and self.images.is_pinned()
-        for start in range(0, stop, batch_size):
-            idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        for start, stop in batch_bounds(n, batch_size, drop_last):
+            idx = slice(start, stop) if order is None else order[start:stop]
             x = self.take_rows(self.images, idx, pin).to(device, non_blocking=True)
             y = self.take_rows(self.labels, idx, pin).to(device, non_blocking=True)
             yield self.pipeline(x, augment, generator), y
@@ -230,16 +242,15 @@ class FileSplit:
                 drop_last: bool = False, generator: torch.Generator | None = None,
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self)
-        batch_size = min(batch_size, n)
-        sampler = None
+        order = list(range(n))
         if shuffle:
-            # The sampler needs a CPU generator: seed one from the caller's, so its seed still decides.
+            # A CPU permutation seeded from the caller's generator, so that its seed still decides.
             seed_from = generator if generator is not None else torch.default_generator
             seed = int(torch.randint(2**62, (1,), generator=seed_from, device=seed_from.device))
-            sampler = torch.utils.data.RandomSampler(self.files, generator=torch.Generator().manual_seed(seed))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         device = self.pipeline.device
         loader = torch.utils.data.DataLoader(
-            self.files, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            self.files, batch_sampler=[order[start:stop] for start, stop in batch_bounds(n, batch_size, drop_last)],
             num_workers=_loader_workers(), pin_memory=device.type == "cuda")
         for x, y in loader:
             x = x.to(device, non_blocking=True)
@@ -321,7 +332,7 @@ def _read_digits(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
     grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
     images = grey.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     whole = _Part(torch.from_numpy(digits.target).long(), images=images)
-    train_idx, test_idx = _carve(whole.labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    train_idx, test_idx = _carve(whole.labels, cfg.held_out_test or 0.0, TEST_SPLIT_SEED)
     return whole.take(train_idx), whole.take(test_idx), [str(i) for i in range(10)]
 
 
@@ -334,7 +345,9 @@ def _read_fake(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
         images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
         return _Part(torch.randint(0, cfg.num_classes, (n,), generator=g), images=images)
 
-    return make(cfg.samples), make(max(1, cfg.samples // 4)), [str(i) for i in range(cfg.num_classes)]
+    # Its test images are made apart (random data: nothing to carve), held_out_test of `samples` of them.
+    test_size = round(cfg.samples * (cfg.held_out_test or 0.0))
+    return make(cfg.samples), make(test_size), [str(i) for i in range(cfg.num_classes)]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -391,7 +404,9 @@ _READERS = {"cifar10": _read_cifar, "cifar100": _read_cifar, "digits": _read_dig
 
 
 def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices into (rest, held-out ≈ fraction), stratified by label, seeded."""
+    """Split indices into (rest, held-out ≈ fraction), stratified by label, seeded; fraction 0 holds out none."""
+    if fraction == 0:
+        return torch.arange(len(labels)), torch.zeros(0, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
     held_parts, rest_parts = [], []
     for c in labels.unique().tolist():

@@ -75,6 +75,8 @@ def _write_files(spec: Spec, record: dict[str, Any], where: Path, tracking_uri: 
         with tempfile.TemporaryDirectory() as tmp:
             local = tracking.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
             shutil.copyfile(local, where / "model.pt")
+    elif record.get("checkpoint_local"):  # never delivered to MLflow, kept on this disk instead
+        shutil.copyfile(record["checkpoint_local"], where / "model.pt")
     (where / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 

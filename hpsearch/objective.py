@@ -152,12 +152,24 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
         # A checkpoint that cannot be stored is shown by the parent at once and counted in the summary.
         run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted,
                    on_checkpoint_error=lambda error: context.on_event(records.CheckpointFailed(trial.number, error)))
-    if state == "COMPLETE":
-        study.tell(trial, value)
-    elif state == "PRUNED":
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        records.fail_trial(study, trial, reason, failure)
+    try:
+        if state == "COMPLETE":
+            if checkpoint is not None:  # told now, stored by the writer thread a moment later
+                trial.set_user_attr(records.ATTR_CHECKPOINT_PENDING, True)
+            study.tell(trial, value)
+        elif state == "PRUNED":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            records.fail_trial(study, trial, reason, failure)
+    except (ValueError, RuntimeError):  # Optuna refuses to tell a trial that has ended
+        # Another run took this trial for orphaned (our heartbeat was late) and failed it: its result
+        # stays in MLflow, the worker goes on with the next trial.
+        told = records.get_trial(study, records.trial_id(trial)).state.name
+        if told == state:  # a tell retried after its first try had in fact gone through
+            pass
+        else:
+            reason = f"ended {state} here, but another run had already marked it {told} (it looked orphaned)"
+            state, failure = told, FailureKind.REAPED
     if trainer is not None:
         trainer.release()
     gc.collect()

@@ -36,6 +36,9 @@ ATTR_FAIL_REASON = "fail_reason"
 ATTR_FAILURE = "hpsearch.fail_kind"  # a FailureKind value
 ATTR_RETRY_OF = "hpsearch.retry_of"
 ATTR_RETRY_REASON = "hpsearch.retry_reason"
+# True on a COMPLETE trial told before its checkpoint was stored (it is written afterwards, on the
+# worker's writer thread): where MLflow lacks it, `best` says why instead of guessing.
+ATTR_CHECKPOINT_PENDING = "hpsearch.checkpoint_pending"
 
 # ---------------------------------------------------------------- Optuna study user attributes
 
@@ -43,6 +46,7 @@ STUDY_SPACE_FILE = "hpsearch.space_file"
 STUDY_SPEC = "hpsearch.spec"  # the resolved spec, Spec.to_dict()
 STUDY_METRIC = "hpsearch.metric"
 STUDY_TRACKING_URI = "hpsearch.tracking_uri"
+STUDY_UNDELIVERED = "hpsearch.undelivered"  # MLflow writes the last run could not deliver: [description]
 
 # ---------------------------------------------------------------- MLflow run tags
 
@@ -135,6 +139,29 @@ class CheckpointFailed(WorkerEvent):
 
     trial: int
     error: str
+
+
+@dataclass(frozen=True)
+class StoreNotice(WorkerEvent):
+    """A line about a store (the tracking server, the study's database) for the parent to show: the
+    worker waits for it, it is back, or a write was lost."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class WritesPending(WorkerEvent):
+    """The exiting worker waits for `count` MLflow writes; it gives up in `seconds_left`."""
+
+    count: int
+    seconds_left: float
+
+
+@dataclass(frozen=True)
+class WritesLost(WorkerEvent):
+    """MLflow writes that never reached the tracking store (tracking.Undelivered.describe() each)."""
+
+    items: list[str]
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import checks
 from hpsearch.checks import SpecError
@@ -187,6 +190,59 @@ def build_sampler(
     if sampler_spec.name == "grid":
         kwargs["search_space"] = grid_search_space(search_space)
     return SAMPLERS[sampler_spec.name](**kwargs)
+
+
+# Samplers whose sequence is coordinated through the study's storage: one seed for the whole study.
+_STUDY_SEEDED = ("qmc",)
+
+
+def study_sampler(sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec]) -> optuna.samplers.BaseSampler:
+    """The sampler every process of a study uses: reproducible trial by trial, whoever runs the trial.
+
+    Each trial samples with the spec's seed plus its trial number (TrialSeededSampler), so a search
+    with one worker reproduces exactly from the study seed, and with K workers trial n draws what it
+    would draw with one (its startup trials are the study seed's, not K separate random streams).
+    What TPE learned comes from the study's trials, RUNNING ones included (constant liar), not from
+    the process that samples.
+    """
+    if sampler_spec.name in _STUDY_SEEDED:
+        return build_sampler(sampler_spec, search_space)
+    return TrialSeededSampler(lambda number: build_sampler(sampler_spec, search_space, seed_offset=number))
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Delegates each trial to a sampler built for that trial's number (see study_sampler)."""
+
+    def __init__(self, for_trial: Callable[[int], optuna.samplers.BaseSampler]):
+        self._for_trial = for_trial
+        self._number: int | None = None
+        self._inner = for_trial(0)
+
+    def _sampler(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number != self._number:
+            self._inner, self._number = self._for_trial(trial.number), trial.number
+        return self._inner
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._sampler(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._sampler(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._sampler(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def build_pruner(pruner_spec: PrunerSpec) -> optuna.pruners.BasePruner:

@@ -86,7 +86,8 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
 
         trainer.model.load_state_dict(best_state)
         test_loss, test_acc = evaluate(trainer.model, data.test, device=device, settings=trainer.settings)
-        run.log_metrics({"test_accuracy": test_acc, "test_loss": test_loss})
+        if len(data.test):  # none held out (test_fraction: 0): no test metrics rather than nan ones
+            run.log_metrics({"test_accuracy": test_acc, "test_loss": test_loss})
         run.finish("COMPLETE")
         return TrainResult(
             run.run_id, trainer.best_epoch, trainer.best_value, test_loss, test_acc, best_path, final_path,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import click
+import optuna
 from optuna.trial import TrialState
 
 from hpsearch import records, tracking
 from hpsearch import study as study_mod
-from hpsearch.credentials import mask_url, masked_spec
+from hpsearch.credentials import mask_url, masked_spec, redact
 from hpsearch.devices import plan_slots
+from hpsearch.errors import RunFailure
 from hpsearch.live import LiveView
-from hpsearch.registry import build_pruner, build_sampler
+from hpsearch.outages import GaveUp, first_line
+from hpsearch.registry import build_pruner, study_sampler
 from hpsearch.spec import Spec
 from hpsearch.workers import Orchestrator, RunSummary, reap_and_close
 
@@ -20,7 +25,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     storage_url = spec.study.storage
     # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
     # the values are sampled in the workers, each with its own sampler.
-    sampler = build_sampler(spec.study.sampler, spec.search_space)
+    sampler = study_sampler(spec.study.sampler, spec.search_space)
     # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
     # (the real URLs are passed on separately, and come back from the options or the environment).
     study, resumed = study_mod.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
@@ -28,9 +33,11 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     study.set_user_attr(records.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
-    # fail what is still open, then retry each once with the same parameters.
-    reaped = reap_and_close(study, spec.tracking.uri)
-    retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
+    # fail what is still open, then retry each once with the same parameters. Under the budget lock,
+    # so that two runs starting together never enqueue the same retry twice.
+    with study_mod.budget_lock(storage_url, spec.study.name):
+        reaped = reap_and_close(study, spec.tracking.uri)
+        retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
 
     counts = study_mod.count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -45,9 +52,12 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     else:
         click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
 
-    study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
-    with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
-        parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
+    try:  # waits through an outage of the tracking store, saying so, up to HPSEARCH_OUTAGE_SECONDS
+        study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+        with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
+            parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
+    except GaveUp as exc:
+        raise RunFailure(f"MLflow tracking store {mask_url(spec.tracking.uri)}: {exc}") from exc
     study_mod.remember_last_run(
         study_mod.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
     )
@@ -68,17 +78,14 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     orchestrator = Orchestrator(
         spec, study, slots, storage_url, spec.tracking.uri, study_tracker.experiment_id, parent_run_id, live
     )
+    undelivered: list[str] = []
     try:
         summary = orchestrator.run(spec.study.timeout)
-    finally:
+    finally:  # also on an error or Ctrl-C: whatever it raised goes on after this
         live.close()
-        # A worker killed while closing a finished trial's run leaves it RUNNING: close it now.
-        states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        tracking.close_stale_runs(spec.tracking.uri, study_tracker.experiment_id, states)
-        best = {}
-        if study_mod.count_states(study)[TrialState.COMPLETE]:
-            best = {f"best_{spec.study.metric}": study.best_trial.value}
-        study_tracker.close_parent(parent_run_id, best)
+        undelivered = orchestrator.undelivered + _close_tracking(spec, study, study_tracker, parent_run_id)
+        if undelivered:
+            _report_undelivered(study, undelivered)
 
     tail = ""
     if summary.best_trial is not None:
@@ -90,14 +97,56 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     )
     if summary.checkpoints_lost:
         click.echo(checkpoints_lost_line(summary.checkpoints_lost))
+    if undelivered:
+        raise RunFailure(f"{len(undelivered)} MLflow write(s) never reached {mask_url(spec.tracking.uri)} "
+                         "(listed above); every trial is in the study, `hpsearch best` says which checkpoint "
+                         "is kept where")
     return summary
+
+
+def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> list[str]:
+    """Close what the run leaves open in MLflow and deliver this process's queued writes.
+
+    Waits HPSEARCH_DRAIN_SECONDS at most in all, counting down; returns what was not delivered.
+    """
+    deadline = time.monotonic() + tracking.drain_seconds()
+    lost = []
+    # A worker killed while closing a finished trial's run leaves it RUNNING: close it now.
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    try:
+        tracking.through_outage(lambda: tracking.close_stale_runs(spec.tracking.uri, tracker.experiment_id, states),
+                                "the close of trial runs left open", wait_for=tracking.drain_seconds())
+    except Exception as exc:
+        lost.append(f"the close of trial runs left open, if any ({tracking.short_reason(exc)})")
+    best = {}
+    if study_mod.count_states(study)[TrialState.COMPLETE]:
+        best = {f"best_{spec.study.metric}": study.best_trial.value}
+    tracker.close_parent(parent_run_id, best)
+    left = tracking.drain(
+        max(0.0, deadline - time.monotonic()),
+        on_tick=lambda count, seconds: click.echo(
+            f"waiting for {count} MLflow write(s) to reach the tracking store; giving up in {seconds:.0f}s", err=True),
+    )
+    return lost + [item.describe() for item in left]
+
+
+def _report_undelivered(study: optuna.Study, undelivered: list[str]) -> None:
+    """Name every write that never reached MLflow, on screen and in the study (read by `best`)."""
+    click.echo(f"ERROR: {len(undelivered)} MLflow write(s) not delivered:", err=True)
+    for item in undelivered:
+        click.echo(f"  - {redact(item)}", err=True)
+    try:
+        study.set_user_attr(records.STUDY_UNDELIVERED, [redact(item) for item in undelivered])
+    except Exception as exc:  # the list is on screen; the study's database may be away too
+        click.echo(f"  (not recorded in the study either: {first_line(exc)})", err=True)
 
 
 def checkpoints_lost_line(trials: list[int]) -> str:
     """The run summary's warning for checkpoints that could not be stored."""
     return (
         f"WARNING: {len(trials)} checkpoint(s) not stored (trial(s) {', '.join(map(str, trials))}); "
-        f"each run's MLflow tag {records.TAG_CHECKPOINT_ERROR} says why"
+        f"each run's MLflow tag {records.TAG_CHECKPOINT_ERROR} says why, and a copy is kept under "
+        f"{tracking.UNDELIVERED_DIR}/<run id>/ (`hpsearch best` uses it)"
     )
 
 
@@ -106,6 +155,9 @@ def _parent_params(spec: Spec) -> dict[str, object]:
         "model": spec.task.model.name,
         "weights": spec.task.model.weights,
         "dataset": spec.task.data.name,
+        "val_fraction": spec.task.data.val_fraction,
+        # "official": the dataset's own test split (CIFAR, an image folder's val/ or test/)
+        "test_fraction": "official" if spec.task.data.held_out_test is None else spec.task.data.held_out_test,
         "metric": spec.study.metric,
         "direction": spec.study.direction,
         "n_trials": spec.study.n_trials,

@@ -389,6 +389,8 @@ def _parse_data(raw: Any) -> DataConfig:
             name=values["name"],
             root=checks.text(values["root"], f"{path}.root"),
             val_fraction=checks.number(values["val_fraction"], f"{path}.val_fraction"),
+            test_fraction=None if values["test_fraction"] is None
+            else checks.number(values["test_fraction"], f"{path}.test_fraction"),
             image_size=None if image_size is None else checks.positive_int(image_size, f"{path}.image_size"),
             download=checks.boolean(values["download"], f"{path}.download"),
             augment=values["augment"],

@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,10 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import records
-from hpsearch.credentials import mask_url
+from hpsearch.credentials import mask_url, redact
+from hpsearch.db_outages import OutageProofStorage, cause_line, through_db_outage
 from hpsearch.errors import RunFailure, UsageError
-from hpsearch.locks import file_lock, postgres_lock
+from hpsearch.locks import LOCK_TIMEOUT_SECONDS, file_lock, postgres_lock
 from hpsearch.records import (
     ATTR_HEARTBEAT,
     ATTR_HOST,
@@ -58,8 +59,13 @@ def open_storage(url: str | None) -> BaseStorage:
     if "://" in url:
         # Machines started together on an empty database would race to create Optuna's tables.
         with budget_lock(url, "schema"):
-            # Pool pre-ping keeps long searches alive across database restarts.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            # Pool pre-ping replaces connections that died with a restarted server; the wrapper
+            # retries the calls that meet the server down (see db_outages).
+            rdb = through_db_outage(
+                lambda: optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}),
+                f"study storage {mask_url(url)}",
+            )
+        return OutageProofStorage(rdb, url)
     path = Path(url).resolve()  # absolute: a later chdir must not move the study
     path.parent.mkdir(parents=True, exist_ok=True)
     return _open_journal(path, shown=url)
@@ -208,7 +214,8 @@ def create_or_resume(spec: Spec, sampler: optuna.samplers.BaseSampler, pruner: o
 
 
 @contextmanager
-def budget_lock(storage_url: str | None, study_name: str) -> Iterator[None]:
+def budget_lock(storage_url: str | None, study_name: str, should_stop: Callable[[], bool] | None = None,
+                timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
     """Make "count the finished and running trials, then ask one more" atomic across processes.
 
     Several `hpsearch run` processes (on one machine, or on several sharing PostgreSQL) may work on
@@ -216,13 +223,17 @@ def budget_lock(storage_url: str | None, study_name: str) -> Iterator[None]:
     files use a lock file beside the journal; PostgreSQL an advisory lock keyed by the study name.
     Other storages (SQLite, MySQL, Redis) run unlocked: at worst one trial over the budget per
     extra process.
+
+    The wait is interruptible: Ctrl-C, or `should_stop()` turning true (locks.LockWaitAborted), ends
+    it; after `timeout` seconds locks.LockTimeout names the lock. A PostgreSQL outage while waiting
+    is waited out; one while holding ends the lock with its session (see locks.postgres_lock).
     """
     url = storage_url or DEFAULT_STORAGE
     if "://" not in url:
-        with file_lock(Path(url).resolve().with_suffix(f".{study_name}.lock")):
+        with file_lock(Path(url).resolve().with_suffix(f".{study_name}.lock"), timeout, should_stop):
             yield
     elif url.startswith("postgresql"):
-        with postgres_lock(url, study_name):
+        with postgres_lock(url, study_name, timeout, should_stop):
             yield
     else:
         yield
@@ -294,13 +305,21 @@ def owner_is_alive(trial: FrozenTrial, now: float | None = None) -> bool:
 
 
 def beat(study: optuna.Study, trial_ids: Iterable[int]) -> None:
-    """Record that this process still owns these RUNNING trials (read by other machines)."""
+    """Record that this process still owns these RUNNING trials (read by other machines).
+
+    Never raises: a database outage is waited out by the storage, and one that outlasts that is
+    reported here and tried again at the next beat (the trials stay ours meanwhile).
+    """
     now = time.time()
     for trial_id in trial_ids:
         try:
             records.set_trial_attr(study, trial_id, ATTR_HEARTBEAT, now)
         except (RuntimeError, ValueError):
             pass  # finished meanwhile
+        except Exception as exc:
+            print(redact(f"warning: could not record the heartbeat of our running trials: {type(exc).__name__}: "
+                         f"{cause_line(exc)}"), file=sys.stderr)
+            return
 
 
 def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:

@@ -2,12 +2,12 @@
 
 On CUDA the whole train step (forward, backward, optimizer step) is captured once in a CUDA graph
 and replayed: MobileNetV2-sized models are bound by kernel launches, and a replay launches them all
-at once (6-9x faster; docs/design.md). What a graph needs shapes the code: fixed batch shapes (epochs
-drop the ragged last batch), inputs copied into static buffers, the learning rate as a device
-tensor the scheduler updates in place, and the running loss summed on the device so that nothing
-syncs with the host until the epoch ends. A capture that fails falls back to eager steps and turns
-graphs off for the rest of the process (graphs_disabled_reason). On the CPU everything runs eagerly
-in fp32.
+at once (6-9x faster; docs/design.md). What a graph needs shapes the code: fixed batch shapes (the
+ragged last batch of an epoch takes an eager step beside the graph), inputs copied into static
+buffers, the learning rate as a device tensor the scheduler updates in place, and the running loss
+summed on the device so that nothing syncs with the host until the epoch ends. A capture that
+fails falls back to eager steps and turns graphs off for the rest of the process
+(graphs_disabled_reason). On the CPU everything runs eagerly in fp32.
 
 Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from hpsearch.data import batch_bounds
 from hpsearch.models import set_train_mode
 from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
 
@@ -203,7 +204,12 @@ def _memory_format(device: torch.device, settings: TrainSettings) -> torch.memor
 
 def evaluate(model: nn.Module, split, *, device, settings: TrainSettings = TrainSettings(),
              batch_size: int = 512) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over the whole split, unaugmented. Leaves the model in eval mode."""
+    """(mean cross-entropy, accuracy) over the whole split, unaugmented. Leaves the model in eval mode.
+
+    An empty split (no test set held out) gives (nan, nan).
+    """
+    if len(split) == 0:
+        return math.nan, math.nan
     device = torch.device(device)
     fmt = _memory_format(device, settings)
     model.eval()
@@ -226,6 +232,14 @@ _graphs_off_reason: str | None = None
 # Captures that failed inside capture_end: torch's host allocator may still hold a filter pointing
 # into the graph object, so the object is kept alive rather than freed.
 _failed_graphs: list = []
+
+
+@contextlib.contextmanager
+def _capturable_stepped_eagerly():
+    """torch warns when a capturable optimizer steps outside a graph: expected in warm-up and ragged steps."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+        yield
 
 
 def graphs_disabled_reason() -> str | None:
@@ -298,7 +312,8 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(trainable, hp, lr_tensor=self.use_graphs)
         self.batch_size = min(hp.batch_size, len(data.train))
-        self.steps_per_epoch = len(data.train) // self.batch_size
+        # Every image every epoch: the ragged last batch is a step too (see batch_bounds).
+        self.steps_per_epoch = len(batch_bounds(len(data.train), self.batch_size))
         self.schedule = build_scheduler(self.optimizer, hp, self.steps_per_epoch, direction)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
         # Data order and augmentation come from a generator on the device: no host round trips.
@@ -311,6 +326,7 @@ class Trainer:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) buffers the graph reads
         self._eager_steps = 0
+        self.images_last_epoch = 0
         # One side stream on our device for the warm-up steps and the capture (torch.cuda.graph would
         # otherwise make its own on whichever device is current).
         self._side_stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.use_graphs else None
@@ -330,8 +346,10 @@ class Trainer:
         Eager, or on CUDA: GRAPH_WARMUP_STEPS eager steps, then one capture, then graph replays.
         The loss goes into the epoch's device-side totals; nothing waits for the device here.
         """
-        if self.use_graphs:
+        if self.use_graphs and x.shape[0] == self.batch_size:
             self._graph_step(x, y)
+        elif self._graph is not None:
+            self._ragged_step(x, y)
         else:
             self._eager_step(x, y)
         self.schedule.step()
@@ -352,6 +370,16 @@ class Trainer:
         # A no-op when the batch already comes in the model's memory format (the pipeline keeps the
         # layout its ops produce): the one conversion a step makes, if any.
         self._forward_backward_step(x.contiguous(memory_format=self.memory_format), y)
+
+    def _ragged_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """An eager step beside a captured graph, for a batch of another shape (an epoch's last).
+
+        The gradients stay the graph's own tensors, zeroed in place: the step reads and writes the
+        same parameters, optimizer state and learning-rate tensor the graph does.
+        """
+        self.optimizer.zero_grad(set_to_none=False)
+        with _capturable_stepped_eagerly():
+            self._forward_backward_step(x.contiguous(memory_format=self.memory_format), y)
 
     def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self._graph is None:
@@ -383,9 +411,7 @@ class Trainer:
         side = self._side_stream
         assert side is not None  # made with the trainer when it uses graphs
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), warnings.catch_warnings():
-            # torch warns that a capturable optimizer steps uncaptured: expected before capture.
-            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+        with torch.cuda.stream(side), _capturable_stepped_eagerly():
             self._eager_step(x, y)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._eager_steps += 1
@@ -438,9 +464,11 @@ class Trainer:
         self._first_bad.fill_(-1)
         lr = self.schedule.lr()
         start = time.perf_counter()
-        for x, y in self.data.train.batches(self.batch_size, shuffle=True, augment=True, drop_last=True,
-                                            generator=self.generator):
+        images = 0
+        for x, y in self.data.train.batches(self.batch_size, shuffle=True, augment=True, generator=self.generator):
             self.train_step(x, y)
+            images += x.shape[0]
+        self.images_last_epoch = images
         loss_sum, steps, first_bad = torch.stack([self._loss_sum.double(), self._steps.double(),
                                                   self._first_bad.double()]).tolist()  # the epoch's one sync
         seconds = time.perf_counter() - start
@@ -469,7 +497,7 @@ class Trainer:
             val_loss, val_accuracy = evaluate(self.model, self.data.val, device=self.device,
                                               settings=self.settings, batch_size=self.eval_batch_size)
             stats = EpochStats(epoch, train_loss, val_loss, val_accuracy, lr, time.perf_counter() - start,
-                               self.steps_per_epoch * self.batch_size / train_seconds)
+                               self.images_last_epoch / train_seconds)
             self.history.append(stats)
             value = getattr(stats, self.metric)
             if self._improved(value):

@@ -4,10 +4,10 @@ The parent process owns the budget: it alone calls `study.ask()` (under the stor
 so the study ends with exactly `n_trials` finished trials however many workers run. Each worker is a
 spawned process pinned to one device (CUDA_VISIBLE_DEVICES) that stays alive across trials, keeping
 its dataset on the device. Sampling happens in the worker at the first `suggest`, from the same
-sampler settings everywhere (the seed is offset per worker so parallel workers don't draw identical
-first samples). The parent watches the workers: one that dies has its trial failed, its MLflow run
-closed as KILLED, the trial retried once with the same parameters, and is replaced. Slots (which
-device each worker gets) are planned in devices.py.
+sampler settings everywhere, seeded per trial number, so that trial n draws the same values whichever
+worker runs it (registry.study_sampler). The parent watches the workers: one that dies has its trial
+failed, its MLflow run closed as KILLED, the trial retried once with the same parameters, and is
+replaced. Slots (which device each worker gets) are planned in devices.py.
 """
 
 from __future__ import annotations
@@ -24,20 +24,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch import records, tracking
+from hpsearch import db_outages, records, tracking
 from hpsearch import study as study_mod
 from hpsearch.devices import Slot
 from hpsearch.errors import RunFailure
 from hpsearch.live import LiveView
+from hpsearch.locks import LockWaitAborted
 from hpsearch.records import (
     CheckpointFailed,
     FailureKind,
+    StoreNotice,
     TrialEnded,
     WorkerEvent,
     WorkerFatal,
     WorkerFree,
     WorkerReady,
     WorkerRetiring,
+    WritesLost,
+    WritesPending,
 )
 from hpsearch.spec import Spec
 
@@ -45,7 +49,7 @@ from hpsearch.spec import Spec
 
 
 def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: str, experiment_id: str,
-                parent_run_id: str, incarnation: int, tasks: Any, events: Any) -> None:
+                parent_run_id: str, tasks: Any, events: Any) -> None:
     """Entry point of a worker process: set up once, then train trial after trial until told to stop.
 
     `spec` was validated by the parent; `tasks` brings trial ids (None: stop), `events` takes
@@ -65,6 +69,9 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
     from hpsearch.live import quiet_libraries
 
     quiet_libraries()
+    # "Waiting for the tracking server / the database" lines are shown by the parent, above its live view.
+    tracking.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
+    db_outages.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
     try:
         import torch
 
@@ -72,11 +79,11 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
             torch.set_num_threads(slot.threads)
         if slot.memory_fraction and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
-        from hpsearch.registry import build_pruner, build_sampler
+        from hpsearch.registry import build_pruner, study_sampler
         from hpsearch.train import graphs_disabled_reason
 
-        # This process's one sampler; its seed is offset so that parallel workers draw different samples.
-        sampler = build_sampler(spec.study.sampler, spec.search_space, seed_offset=1 + slot.index + 1000 * incarnation)
+        # Seeded per trial number (registry.study_sampler): the same draws whichever worker runs a trial.
+        sampler = study_sampler(spec.study.sampler, spec.search_space)
         study = optuna.load_study(
             study_name=spec.study.name,
             storage=study_mod.open_storage(storage_url),
@@ -116,7 +123,12 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
     except (Interrupted, KeyboardInterrupt):
         pass
     finally:
-        tracking.drain()  # runs closed on the writer thread are closed before the worker exits
+        # Runs closed on the writer thread are closed before the worker exits; through an outage of
+        # the tracking store it waits a while, counting down, then names what it could not deliver.
+        lost = tracking.drain(tracking.drain_seconds(),
+                              on_tick=lambda count, left: events.put((slot.index, WritesPending(count, left))))
+        if lost:
+            events.put((slot.index, WritesLost([item.describe() for item in lost])))
 
 
 PARENT_CHECK_SECONDS = 2.0
@@ -199,6 +211,7 @@ class RunSummary:
     best_value: float | None = None
     best_trial: int | None = None
     checkpoints_lost: list[int] = field(default_factory=list)  # trials whose checkpoint could not be stored
+    undelivered: list[str] = field(default_factory=list)  # MLflow writes that never reached the store
 
 
 class Orchestrator:
@@ -227,8 +240,9 @@ class Orchestrator:
         self.fatal: str | None = None
         self.failures_in_a_row = 0
         self.last_beat = time.monotonic()
-        self.incarnations = 0
         self.checkpoints_lost: list[int] = []
+        self.undelivered: list[str] = []
+        self.stop_deadline = 0.0  # while stopping: when workers still alive are killed
 
     # ---- signals
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -238,7 +252,6 @@ class Orchestrator:
 
     # ---- workers
     def _spawn(self, slot: Slot, deaths_before_ready: int = 0) -> WorkerHandle:
-        self.incarnations += 1
         tasks = self.mp_context.Queue()
         env = slot.env()
         saved = {k: os.environ.get(k) for k in env}
@@ -248,7 +261,7 @@ class Orchestrator:
                 target=worker_main,
                 name=f"hpsearch-worker-{slot.index}",
                 args=(slot, self.spec, self.storage_url, self.tracking_uri, self.experiment_id, self.parent_run_id,
-                      self.incarnations, tasks, self.events),
+                      tasks, self.events),
                 # Not a daemon: a daemon may not start children, and image folders are decoded by
                 # DataLoader processes. The orchestrator reaps its workers itself (run's finally,
                 # and the death signal each worker asks for).
@@ -280,6 +293,16 @@ class Orchestrator:
         handle.trial_id, handle.trial_number = records.trial_id(trial), trial.number
         handle.tasks.put(handle.trial_id)
         self.live.assign(handle.slot, trial.number)
+
+    def _dispatch_idle(self, may_start: bool) -> None:
+        """Hand a new trial to each idle worker while the budget allows (under the budget lock)."""
+        for handle in self.workers.values():
+            if handle.ready and handle.trial_id is None and may_start:
+                with study_mod.budget_lock(self.storage_url, self.study.study_name,
+                                           should_stop=lambda: self.stop_requested):
+                    done, may_start = self._budget_left()  # fresh, under the lock
+                    if may_start:
+                        self._dispatch(handle)
 
     def _fail_orphan(self, handle: WorkerHandle, reason: str, failure: FailureKind) -> None:
         """The worker died with a trial in hand: fail it, close its run, retry it once."""
@@ -333,6 +356,15 @@ class Orchestrator:
         elif isinstance(event, CheckpointFailed):  # shown even if its worker has gone meanwhile
             self.checkpoints_lost.append(event.trial)
             self.live.checkpoint_failed(event.trial, event.error)
+        elif isinstance(event, StoreNotice):
+            self.live.message(f"slot {index}: {event.text}")
+        elif isinstance(event, WritesPending):
+            self.live.message(f"slot {index}: {event.count} MLflow write(s) still waiting for the tracking store; "
+                              f"giving up in {event.seconds_left:.0f}s")
+            # An exiting worker that is still delivering gets the time it asked for.
+            self.stop_deadline = max(self.stop_deadline, time.monotonic() + event.seconds_left + 10.0)
+        elif isinstance(event, WritesLost):
+            self.undelivered.extend(event.items)
         elif isinstance(event, WorkerRetiring) and handle is not None:
             self.live.message(f"slot {index}: {event.reason}; starting a fresh worker process")
         elif isinstance(event, WorkerFree) and handle is not None and handle.trial_number == event.trial:
@@ -386,9 +418,15 @@ class Orchestrator:
         self.last_beat = now
         study_mod.beat(self.study, [h.trial_id for h in busy if h.trial_id is not None])
         if not may_start:  # the budget waits on RUNNING trials: some may belong to a dead machine
-            for t in reap_and_close(self.study, self.tracking_uri):
-                self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
-                study_mod.enqueue_retry(self.study, t)
+            # Under the budget lock: two runs reaping the same trial must not both enqueue its retry.
+            try:
+                with study_mod.budget_lock(self.storage_url, self.study.study_name,
+                                           should_stop=lambda: self.stop_requested):
+                    for t in reap_and_close(self.study, self.tracking_uri):
+                        self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
+                        study_mod.enqueue_retry(self.study, t)
+            except LockWaitAborted:
+                return
 
     def _stop_workers(self) -> None:
         """Stop every worker: idle ones are told to exit, busy ones get SIGTERM and fail their trial."""
@@ -397,9 +435,9 @@ class Orchestrator:
                 handle.tasks.put(None)
             elif handle.process.is_alive():
                 os.kill(handle.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.STOP_GRACE_SECONDS
+        self.stop_deadline = time.monotonic() + self.STOP_GRACE_SECONDS
         while any(h.process.is_alive() for h in self.workers.values()):
-            if self.hard_stop or time.monotonic() > deadline:
+            if self.hard_stop or time.monotonic() > self.stop_deadline:
                 break
             self._drain_events(self.POLL_SECONDS)
         self._drain_events(0.05)
@@ -420,6 +458,7 @@ class Orchestrator:
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
             signal.signal(s, self._on_signal)
+        db_outages.stop_waiting_when(lambda: self.hard_stop)  # a second Ctrl-C ends a wait for the database
         try:
             for slot in self.slots:
                 self._spawn(slot)
@@ -434,12 +473,10 @@ class Orchestrator:
                     if not busy:
                         break
                 else:
-                    for handle in self.workers.values():
-                        if handle.ready and handle.trial_id is None and may_start:
-                            with study_mod.budget_lock(self.storage_url, self.study.study_name):
-                                done, may_start = self._budget_left()  # fresh, under the lock
-                                if may_start:
-                                    self._dispatch(handle)
+                    try:
+                        self._dispatch_idle(may_start)
+                    except LockWaitAborted:  # Ctrl-C while another run held the budget lock
+                        break
                 self._drain_events(self.POLL_SECONDS)
                 self._keep_alive(busy, may_start)
                 self.live.refresh()
@@ -447,6 +484,7 @@ class Orchestrator:
         finally:
             # Also on an error: workers are not daemons, and none may outlive the run.
             self._stop_workers()
+            db_outages.stop_waiting_when(None)
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self.fatal:
@@ -461,6 +499,7 @@ class Orchestrator:
             timed_out=timed_out,
             seconds=time.monotonic() - started,
             checkpoints_lost=sorted(set(self.checkpoints_lost)),
+            undelivered=list(self.undelivered),
         )
         if counts[TrialState.COMPLETE]:
             best = self.study.best_trial

@@ -91,25 +91,31 @@ def _end_process_group(proc: subprocess.Popen) -> None:
     proc.wait(5)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """start(backend_store_uri) → the URL of an `mlflow server` on loopback that serves artifacts
-    (--artifacts-destination under tmp_path); each server's whole process group is ended afterwards."""
-    started: list[subprocess.Popen] = []
+class MlflowServers:
+    """`mlflow server` processes on loopback, each serving artifacts from a folder under `root`.
 
-    def start(backend_store_uri: str) -> str:
-        port = _free_port()
-        log_path = tmp_path / f"mlflow-server-{port}.log"
+    Calling it starts one and returns its URL; `stop(url)` kills it at once (an outage), `restart(url)`
+    brings it back on the same port with the same stores.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.backends: dict[str, str] = {}
+
+    def __call__(self, backend_store_uri: str, port: int | None = None) -> str:
+        port = port or _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = self.root / f"mlflow-server-{port}.log"
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
-        with open(log_path, "w") as log:
+        with open(log_path, "a") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-                 "--artifacts-destination", str(tmp_path / f"artifacts-{port}"),
+                 "--artifacts-destination", str(self.root / f"artifacts-{port}"),
                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
+        self.procs[url], self.backends[url] = proc, backend_store_uri
         deadline = time.monotonic() + MLFLOW_SERVER_START_SECONDS
         while True:
             try:
@@ -121,6 +127,26 @@ def mlflow_server(tmp_path):
                 pytest.fail(f"mlflow server did not come up on {url}:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.25)
 
-    yield start
-    for proc in started:
-        _end_process_group(proc)
+    def stop(self, url: str) -> None:
+        proc = self.procs.pop(url)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+    def restart(self, url: str) -> str:
+        return self(self.backends[url], port=int(url.rsplit(":", 1)[1]))
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            _end_process_group(proc)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MlflowServers under tmp_path: mlflow_server(backend_store_uri) → the URL of a started server;
+    each server's whole process group is ended afterwards."""
+    servers = MlflowServers(tmp_path)
+    yield servers
+    servers.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +51,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None
         [sys.executable, "-m", "hpsearch", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """predicate()'s first truthy value, polled until `timeout` seconds have passed (then fail naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

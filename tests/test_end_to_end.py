@@ -16,6 +16,8 @@ from hpsearch.cli import cli, main
 from hpsearch.study import DEFAULT_STORAGE, open_storage
 from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
 
+from .support import run_cli
+
 pytestmark = pytest.mark.slow
 
 
@@ -165,3 +167,17 @@ def test_timeout_stops_starting_trials_and_keeps_what_finished(write_space, work
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     # trials running when the time ran out finish; none starts after it (a trial takes seconds here)
     assert 1 <= len(study.trials) < 50 and all(t.state.is_finished() for t in study.trials)
+
+
+def test_no_test_split_trains_on_more_and_evaluate_refuses_clearly(write_space, workdir):
+    space = write_space({"study": {"n_trials": 1}, "train": {"epochs": 1},
+                         "task": {"data": {"test_fraction": 0.0}}})
+    result = invoke("run", str(space))
+    assert result.exit_code == 0, result.output
+    parents, _ = child_runs(client_for(DEFAULT_TRACKING_URI), "tiny")
+    assert parents[0].data.params["test_fraction"] == "0.0" and parents[0].data.params["val_fraction"] == "0.2"
+
+    refused = run_cli("best", "--evaluate", cwd=workdir)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip() == ("error: --evaluate: study 'tiny' held out no test split "
+                                      "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")

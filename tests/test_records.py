@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import time
 from pathlib import Path
 
 import optuna
@@ -19,12 +20,15 @@ from hpsearch.records import (
     CheckpointFailed,
     EpochEnded,
     FailureKind,
+    StoreNotice,
     TrialEnded,
     TrialStarted,
     WorkerFatal,
     WorkerFree,
     WorkerReady,
     WorkerRetiring,
+    WritesLost,
+    WritesPending,
 )
 from hpsearch.runner import checkpoints_lost_line
 from hpsearch.tracking import StudyTracker, TrialRun, close_killed_run
@@ -98,8 +102,10 @@ def test_every_way_a_run_ends_closes_it_once_with_its_state(tracker):
     failed.finish("FAIL", "RuntimeError: boom")
     close_killed_run("sqlite:///mlruns/mlflow.db", killed.run_id, "its worker process was gone")
     close_killed_run("sqlite:///mlruns/mlflow.db", finished.run_id, "late")  # already closed: left alone
+    tracking.drain()  # the parent closes runs on its writer thread
     parent = tracker.parent_run("records", {})
     tracker.close_parent(parent, {"best_val_accuracy": 0.9})
+    assert tracking.drain() == []
 
     def ended(run_id):
         run = tracker.client.get_run(run_id)
@@ -124,6 +130,11 @@ def test_a_checkpoint_that_cannot_be_stored_is_tagged_and_reported(tracker, monk
     closed = tracker.client.get_run(run.run_id)
     assert closed.info.status == "FINISHED" and closed.data.tags["hpsearch.state"] == "COMPLETE"
     assert closed.data.tags[records.TAG_CHECKPOINT_ERROR] == "No space left on device"
+    # Nothing lost: the weights are kept on local disk, where `best` finds them.
+    import torch
+
+    kept = tracking.undelivered_checkpoint(run.run_id)
+    assert torch.load(kept, weights_only=True) == {"w": 1}
 
     stored, reported = _trial_run(tracker), []
     stored.finish("COMPLETE", checkpoint=None, on_checkpoint_error=reported.append)
@@ -142,6 +153,9 @@ EVENTS = [
     TrialEnded(3, "FAIL", None, "out of memory: ...", FailureKind.OOM),
     WorkerFree(3),
     CheckpointFailed(3, "No space left on device"),
+    StoreNotice("MLflow tracking unreachable (refused): waiting to deliver trial 3 epoch 1 metrics"),
+    WritesPending(4, 55.0),
+    WritesLost(["trial 3's checkpoint (refused; kept at /w/studies/undelivered/abc/model.pt)"]),
 ]
 
 
@@ -199,8 +213,22 @@ def test_a_lost_checkpoint_is_a_warning_at_once_and_a_count_in_the_summary(capsy
                      "WARNING: trial 2: checkpoint not stored (No space left on device)"]
     assert orchestrator.checkpoints_lost == [0, 2]
     assert checkpoints_lost_line([0, 2]) == (
-        "WARNING: 2 checkpoint(s) not stored (trial(s) 0, 2); each run's MLflow tag hpsearch.checkpoint_error says why"
+        "WARNING: 2 checkpoint(s) not stored (trial(s) 0, 2); each run's MLflow tag hpsearch.checkpoint_error says "
+        "why, and a copy is kept under studies/undelivered/<run id>/ (`hpsearch best` uses it)"
     )
+
+
+def test_an_exiting_worker_still_delivering_gets_its_time_and_its_losses_are_kept(capsys):
+    orchestrator, _ = _orchestrator(capsys)
+    orchestrator._handle_event(0, StoreNotice("MLflow tracking unreachable (refused): waiting"))
+    orchestrator._handle_event(0, WritesPending(3, 50.0))
+    assert orchestrator.stop_deadline > time.monotonic() + 50.0  # not killed after the usual 15 s grace
+    orchestrator.workers.clear()  # it reports its losses as it exits
+    orchestrator._handle_event(0, WritesLost(["trial 0 epoch 2 metrics (refused)"]))
+    out = capsys.readouterr().out
+    assert "slot 0: MLflow tracking unreachable (refused): waiting" in out
+    assert "slot 0: 3 MLflow write(s) still waiting for the tracking store; giving up in 50s" in out
+    assert orchestrator.undelivered == ["trial 0 epoch 2 metrics (refused)"]
 
 
 def test_trials_failing_in_a_row_stop_the_run_with_the_last_reason(capsys):

@@ -128,3 +128,33 @@ def test_a_finished_trial_releases_its_model_and_trainer(context, monkeypatch):
     tracking.drain()
     gc.collect()
     assert len(refs) == 4 and all(r() is None for r in refs)
+
+
+def test_a_trial_reaped_by_another_run_while_it_trains_ends_cleanly(context, monkeypatch):
+    """Another machine took the trial for orphaned (a late heartbeat) and failed it: our tell must
+    not crash the worker, and the outcome says what happened."""
+    real = objective.build_trainer
+
+    def reaped_meanwhile(spec, hp, device, seed):
+        trainer, data = real(spec, hp, device, seed)
+        fit = trainer.fit
+
+        def fit_then_reaped(on_epoch=None):
+            fit(on_epoch)
+            other = optuna.load_study(study_name=context.study.study_name, storage=context.study._storage)
+            other.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+        trainer.fit = fit_then_reaped
+        return trainer, data
+
+    monkeypatch.setattr(objective, "build_trainer", reaped_meanwhile)
+    trial = context.study.ask()
+    outcome = run_trial(context, trial._trial_id)
+    assert outcome.state == "FAIL"
+    assert "another run had already marked it FAIL" in outcome.reason
+    assert context.study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert tracking.drain() == []  # its MLflow run still closes, with the result it reached
+
+    # and the worker goes on: the next trial runs normally
+    monkeypatch.setattr(objective, "build_trainer", real)
+    assert run_trial(context, context.study.ask()._trial_id).state == "COMPLETE"

@@ -18,7 +18,7 @@ from hpsearch.errors import UsageError
 from hpsearch.records import FailureKind, TrialEnded, WorkerRetiring
 from hpsearch.study import DEFAULT_STORAGE, open_storage
 
-from .support import run_cli
+from .support import run_cli, wait_for
 
 # ------------------------------------------------------------------ slots → CUDA_VISIBLE_DEVICES
 
@@ -98,16 +98,6 @@ def test_slot_label():
 
 def load(workdir):
     return optuna.load_study(study_name="tiny", storage=open_storage(str(workdir / DEFAULT_STORAGE)))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running_trial_with_an_epoch(workdir):

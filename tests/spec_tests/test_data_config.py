@@ -24,6 +24,7 @@ from .helpers import edited, refusal
 # The options README and docs/design.md document under task.data, each set to a non-default value below.
 DOCUMENTED_DATA_OPTIONS = {
     "name", "root", "val_fraction", "image_size", "download", "augment", "num_classes", "samples", "in_memory",
+    "test_fraction",  # not for image folders (they have their own test split): see the digits tests below
 }
 
 SPACE = """
@@ -125,6 +126,10 @@ def test_in_memory_stays_a_boolean_in_the_resolved_spec():
     ("samples", 1, "task.data.samples: must be >= 2, got 1"),
     ("in_memory", "yes", "task.data.in_memory: must be auto, true or false, got 'yes'"),
     ("in_memory", 1, "task.data.in_memory: must be auto, true or false, got 1"),
+    ("test_fraction", 1.0, "task.data.test_fraction: must be in [0, 1), got 1.0"),
+    ("test_fraction", -0.1, "task.data.test_fraction: must be in [0, 1), got -0.1"),
+    ("test_fraction", "some", "task.data.test_fraction: must be a number, got 'some'"),
+    ("test_fraction", 0.95, "task.data.test_fraction: plus val_fraction must be below 1, got 0.95 + 0.1"),
 ])
 def test_data_values_the_trainer_refuses_are_spec_errors(field, value, message):
     assert refusal(edited(f"task.data.{field}", value)) == message
@@ -152,3 +157,21 @@ def test_the_data_config_checks_its_own_values():
         DataConfig("fake", in_memory="true")  # one representation: the YAML boolean
     with pytest.raises(SpecError):
         parse_spec({"study": {"name": "x"}, "task": {"model": "resnet18", "data": {"name": "fake", "samples": 1}}})
+
+
+@pytest.mark.parametrize("test_fraction, held_out", [(None, 0.2), (0.1, 0.1), (0.0, 0.0)])
+def test_digits_test_fraction_decides_the_split(test_fraction, held_out):
+    cfg = DataConfig("digits", val_fraction=0.2, image_size=8, test_fraction=test_fraction)
+    task = data.load_data(cfg, "cpu", (0.5,) * 3, (0.25,) * 3)
+    train, val, test = len(task.train), len(task.val), len(task.test)
+    assert cfg.held_out_test == held_out
+    assert train + val + test == 1797  # every digit is in exactly one split
+    assert abs(test - held_out * 1797) <= 10  # stratified per class, each rounded
+    assert abs(val - 0.2 * (1797 - test)) <= 10
+
+
+def test_a_dataset_with_its_own_test_split_refuses_a_test_fraction():
+    space = edited("task.data", {"name": "cifar10", "test_fraction": 0.1})
+    assert refusal(space) == ("task.data.test_fraction: does not apply to cifar10: its own test split is used as it "
+                              "is (leave test_fraction out)")
+    assert DataConfig("cifar10").held_out_test is None

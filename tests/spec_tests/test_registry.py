@@ -54,6 +54,39 @@ def test_seed_offset_separates_workers_and_seed_reproduces():
     assert _first_value(registry.build_sampler(top, {}, seed_offset=3)) == firsts[3]
 
 
+def _search(workers: list[optuna.Study], n_trials: int) -> list[dict]:
+    """Trials asked and told in turn by `workers` (Study objects, each with its own sampler, one storage)."""
+    params = []
+    for number in range(n_trials):
+        study = workers[number % len(workers)]
+        trial = study.ask()
+        x = trial.suggest_float("x", -3, 3)
+        kind = trial.suggest_categorical("kind", ["a", "b"])
+        y = trial.suggest_int("y", 1, 8, log=True) if kind == "a" else 0  # a conditional parameter
+        study.tell(trial, (x - 1) ** 2 + (0.5 if kind == "b" else 0.1 * y))
+        params.append(trial.params)
+    return params
+
+
+def test_a_search_reproduces_from_the_study_seed_whichever_worker_samples():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = SamplerSpec("tpe", {"seed": 5, "n_startup_trials": 4})
+
+    def worker(storage, create: bool) -> optuna.Study:
+        make = optuna.create_study if create else optuna.load_study
+        return make(study_name="s", storage=storage, sampler=registry.study_sampler(spec, {}))
+
+    alone = _search([worker(optuna.storages.InMemoryStorage(), True)], 12)
+    again = _search([worker(optuna.storages.InMemoryStorage(), True)], 12)
+    assert alone == again  # one worker: trial for trial, TPE's trials included
+    storage = optuna.storages.InMemoryStorage()
+    three = _search([worker(storage, True), worker(storage, False), worker(storage, False)], 12)
+    assert three == alone  # three workers in turn sample what one would: the startup trials are the seed's
+    other_seed = SamplerSpec("tpe", {"seed": 6, "n_startup_trials": 4})
+    different = _search([optuna.create_study(sampler=registry.study_sampler(other_seed, {}))], 12)
+    assert different != alone
+
+
 def test_grid_takes_its_values_from_the_search_space():
     data = edited("study.sampler", "grid")
     data["train"] = {}

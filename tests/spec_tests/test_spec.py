@@ -148,8 +148,8 @@ def test_to_dict_fills_every_default():
         "sampler": {"name": "tpe", "seed": 0}, "pruner": {"name": "median", "n_warmup_steps": 2}, "storage": None,
     }
     assert resolved["task"]["data"] == {
-        "name": "fake", "root": "data", "val_fraction": 0.1, "image_size": None, "download": False,
-        "augment": "standard", "num_classes": 10, "samples": 512, "in_memory": "auto",
+        "name": "fake", "root": "data", "val_fraction": 0.1, "test_fraction": None, "image_size": None,
+        "download": False, "augment": "standard", "num_classes": 10, "samples": 512, "in_memory": "auto",
     }
     assert resolved["train"] == DEFAULT_SETTINGS
     assert resolved["resources"] == {"devices": "auto", "trials_per_device": "auto"}

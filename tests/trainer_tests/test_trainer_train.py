@@ -507,7 +507,7 @@ def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, 
                                                                           reason, pool_released_by_us):
     fake = FakeCuda(monkeypatch, capture_end_fails)
     model = SyncsWhileCapturing(fake)
-    trainer = graphed_on_fake_cuda(model, fake8, HParams(batch_size=16, epochs=2))  # 4 steps an epoch
+    trainer = graphed_on_fake_cuda(model, fake8, HParams(batch_size=16, epochs=2))  # 4 + a ragged 8 an epoch
     side = trainer._side_stream
     steps = []
     with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
@@ -518,9 +518,9 @@ def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, 
     # One side stream for the 3 warm-up steps and the capture, thread_local so other threads cannot break it.
     assert fake.streams == [side] and len(fake.captures) == 1
     assert fake.captures[0]["stream"] is side and fake.captures[0]["mode"] == "thread_local"
-    assert model.train_streams == [side] * 3 + [fake.default] * 5
+    assert model.train_streams == [side] * 3 + [fake.default] * 7
     # Every batch trained once (the one whose capture failed, eagerly), every epoch.
-    assert steps == [4, 4] and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
+    assert steps == [5, 5] and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
     assert not trainer.use_graphs and trainer._graph is None and trainer._static is None
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     # The pool: released by us only when capture_end never got to hand it back (else the graph's own);
@@ -543,7 +543,7 @@ def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second.fit()
-    assert not second.use_graphs and model.train_streams == [fake.default] * 4
+    assert not second.use_graphs and model.train_streams == [fake.default] * 5
     assert len(fake.captures) == 1 and len(fake.graphs) == 1
     reset_graphs_state()
     assert graphs_disabled_reason() is None
@@ -565,7 +565,7 @@ def test_batch_in_the_models_memory_format_reaches_it_uncopied(fake8, monkeypatc
     model = tiny_model()
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].data_ptr()) if module.training else None)
     Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()
-    assert len(made) == 4 and seen == made
+    assert len(made) == 5 and seen == made
 
 
 def test_batch_in_another_memory_format_is_converted_once(fake8, monkeypatch):
@@ -573,7 +573,36 @@ def test_batch_in_another_memory_format_is_converted_once(fake8, monkeypatch):
     model = tiny_model()
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0]) if module.training else None)
     Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()  # augmented: channels_last
-    assert len(seen) == 4 and all(x.is_contiguous() for x in seen)
+    assert len(seen) == 5 and all(x.is_contiguous() for x in seen)
+
+
+# --------------------------------------------------------------------------- no lost steps
+
+
+def _count_training_batches(model: nn.Module) -> list[int]:
+    """The size of every batch the model trains on (forward passes in train mode)."""
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]) if module.training else None)
+    return sizes
+
+
+@pytest.mark.parametrize("batch_size, expected", [
+    (16, [16, 16, 16, 16, 11]),  # the ragged last batch is trained, not dropped
+    (25, [25, 25, 25]),          # divides the split: nothing ragged
+    (37, [37, 38]),              # a last batch of one image joins the one before (BatchNorm needs two)
+    (500, [75]),                 # a batch larger than the split: one batch of all of it
+])
+def test_every_training_image_is_seen_every_epoch(batch_size, expected):
+    task = load_data(DataConfig("fake", samples=100, num_classes=4, image_size=8, val_fraction=0.25), "cpu", *NORM)
+    assert len(task.train) == 75
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
+    sizes = _count_training_batches(model)
+    steps = []
+    trainer = Trainer(model, task, HParams(batch_size=batch_size, epochs=2), device="cpu")
+    trainer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    trainer.fit()
+    assert sizes == expected * 2 and len(steps) == 2 * len(expected)
+    assert trainer.steps_per_epoch == len(expected) and trainer.images_last_epoch == 75
 
 
 # --------------------------------------------------------------------------- CUDA (run on a GPU machine)
@@ -594,6 +623,21 @@ def test_graph_replays_see_scheduled_lr(optimizer):
     assert trainer._graph is not None
     moved = max((p.detach() - after_first[n]).abs().max().item() for n, p in model.named_parameters())
     assert moved < 1e-5
+
+
+@CUDA
+def test_the_ragged_last_batch_steps_eagerly_beside_the_graph():
+    """75 images at batch 16: 4 graph replays and one eager step of 11 per epoch, the same weights."""
+    seed_everything(0)
+    task = load_data(DataConfig("fake", samples=100, num_classes=4, image_size=32, val_fraction=0.25), "cuda", *NORM)
+    model = build_model("mobilenet_v2", task.num_classes)
+    sizes = _count_training_batches(model)
+    trainer = Trainer(model, task, HParams(optimizer="adamw", batch_size=16, epochs=3), device="cuda")
+    history = trainer.fit()
+    assert trainer._graph is not None and trainer.images_last_epoch == 75
+    assert sizes.count(11) == 3  # eager forwards (replays run no Python); capture and warm-up saw 16
+    assert all(math.isfinite(s.train_loss) for s in history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @CUDA
