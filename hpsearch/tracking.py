@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -108,6 +109,9 @@ _NOTICE = OutageNotice(
 def short_reason(exc: BaseException) -> str:
     """Why the store could not be reached, in a few words (requests' own text runs to several hundred)."""
     text = str(exc)
+    answered = re.search(r"too many (\d{3}) error responses", text)
+    if answered:  # the server is up, its own store is not (MLflow's client retried its 5xx answers)
+        return f"the server answered {answered.group(1)}"
     for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
                          ("Name or service not known", "unknown host"), ("Connection reset", "connection reset"),
                          ("RemoteDisconnected", "connection closed by the server")):

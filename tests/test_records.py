@@ -10,6 +10,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+import requests
+from mlflow.exceptions import MlflowException, RestException
 from optuna.trial import TrialState
 
 from hpsearch import records, tracking
@@ -252,3 +254,25 @@ def test_only_records_reaches_into_optunas_private_api():
         for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("error, waits, said", [
+    (MlflowException("API request to http://h/api/2.0/mlflow/runs/create failed with exception "
+                     "HTTPConnectionPool(host='h', port=5000): Max retries exceeded with url: /api "
+                     "(Caused by NewConnectionError(...: [Errno 111] Connection refused'))"),
+     True, "connection refused"),
+    (MlflowException("API request to http://h/api failed with exception ...(Caused by "
+                     "ResponseError('too many 503 error responses'))"), True, "the server answered 503"),
+    (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "database is locked"}), True, None),
+    (RestException({"error_code": "INTERNAL_ERROR", "message": "could not connect to server"}), True, None),
+    (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad metric"}), False, None),
+    (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}), False, None),
+    (MlflowException("When an mlflow-artifacts URI was supplied, the tracking URI must be ..."), False, None),
+    (requests.ConnectionError("refused"), True, None),
+    (OSError("No space left on device"), False, None),
+])
+def test_only_an_unreachable_store_is_waited_for(error, waits, said):
+    """An outage is waited out; a refusal (bad input, a missing run) fails at once, as it always did."""
+    assert tracking.unreachable(error) is waits
+    if said:
+        assert tracking.short_reason(error) == said
