@@ -155,6 +155,8 @@ def _adapt(model: nn.Module, num_classes: int, dropout: float | None) -> None:
             new = DropoutLinear(old.in_features, num_classes, dropout)
         else:
             new = nn.Linear(old.in_features, num_classes)
+    if getattr(old, "out_features", getattr(old, "out_channels", None)) == num_classes:
+        new.load_state_dict(old.state_dict())  # a head torchvision already made for num_classes: its init
     setattr(parent, attr, new)
     if dropout is not None and drop is not None:
         dropout_layer = model.get_submodule(drop)
@@ -170,9 +172,11 @@ def _note(model: nn.Module, name: str, value: object) -> None:
     object.__setattr__(model, name, value)
 
 
-def _torchvision_model(name: str, weights) -> nn.Module:
+def _torchvision_model(name: str, weights, num_classes: int | None = None) -> nn.Module:
     # GoogLeNet and Inception warn unless told how to initialise: keep their present default.
-    extra = {"init_weights": True} if weights is None and name in ("googlenet", "inception_v3") else {}
+    extra: dict = {"init_weights": True} if weights is None and name in ("googlenet", "inception_v3") else {}
+    if num_classes is not None:
+        extra["num_classes"] = num_classes
     return torchvision.models.get_model(name, weights=weights, **extra)
 
 
@@ -228,7 +232,9 @@ def build_model(name: str, num_classes: int, weights: str = "none", dropout: flo
     else:
         if resolved is not None:
             _ensure_cached(resolved)
-        model = _torchvision_model(name, resolved)
+        # From scratch, torchvision builds the head itself, initialised its way (MobileNetV2's is
+        # N(0, 0.01) with zero bias, not nn.Linear's default); _adapt keeps those values.
+        model = _torchvision_model(name, resolved, num_classes if resolved is None else None)
         _adapt(model, num_classes, dropout)
     if freeze == "backbone":
         trainable = {id(p) for p in head_parameters(model)}

@@ -189,6 +189,10 @@ def build_sampler(
         kwargs["seed"] = (kwargs["seed"] + seed_offset) % 2**32  # numpy seeds live in [0, 2**32)
     if sampler_spec.name == "grid":
         kwargs["search_space"] = grid_search_space(search_space)
+    if sampler_spec.name == "tpe":
+        # Parallel workers: a RUNNING trial counts as a poor result, so workers spread out instead of
+        # sampling next to each other (Optuna 5's default too; said here so that it stays so).
+        kwargs.setdefault("constant_liar", True)
     return SAMPLERS[sampler_spec.name](**kwargs)
 
 

@@ -167,3 +167,11 @@ def test_frozen_backbone_trains_only_the_head():
     set_train_mode(model)
     assert model.classifier[0].training and model.classifier[1].training and not model.features.training
     assert not any(m.training for m in model.features.modules())
+
+
+def test_a_model_from_scratch_starts_with_torchvisions_own_head():
+    """MobileNetV2 initialises its classifier N(0, 0.01) with zero bias; nn.Linear's default would not."""
+    torch.manual_seed(0)
+    head = build_model("mobilenet_v2", 10, weights="none", dropout=0.1).classifier[-1]
+    assert head.out_features == 10 and torch.all(head.bias == 0)
+    assert 0.008 < head.weight.std().item() < 0.012
