@@ -24,13 +24,17 @@ FIRST_DELAY = 0.5
 MAX_DELAY = 10.0
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """A non-negative number of seconds from the environment variable `name`; `default` if unset or not a number."""
+    try:
+        return max(0.0, float(os.environ.get(name) or default))
+    except ValueError:
+        return default
+
+
 def patience() -> float:
     """How long (seconds) an outage is waited out before a call gives up."""
-    raw = os.environ.get(PATIENCE_ENV)
-    try:
-        return max(0.0, float(raw)) if raw else DEFAULT_PATIENCE
-    except ValueError:
-        return DEFAULT_PATIENCE
+    return seconds_from_env(PATIENCE_ENV, DEFAULT_PATIENCE)
 
 
 def delays(first: float = FIRST_DELAY, cap: float = MAX_DELAY):

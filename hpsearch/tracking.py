@@ -39,7 +39,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from hpsearch.outages import GaveUp, OutageNotice, first_line  # noqa: E402
+from hpsearch.outages import GaveUp, OutageNotice, first_line, seconds_from_env  # noqa: E402
 from hpsearch.records import (  # noqa: E402
     MAX_TAG_CHARS,
     RUN_STATUS,
@@ -65,10 +65,7 @@ T = TypeVar("T")
 
 def drain_seconds() -> float:
     """How long a process waits at exit for its undelivered MLflow writes."""
-    try:
-        return max(0.0, float(os.environ.get(DRAIN_ENV) or DEFAULT_DRAIN_SECONDS))
-    except ValueError:
-        return DEFAULT_DRAIN_SECONDS
+    return seconds_from_env(DRAIN_ENV, DEFAULT_DRAIN_SECONDS)
 
 
 # HTTP answers that mean "not now" rather than "never": MLflow's own list of retried codes.
