@@ -104,6 +104,9 @@ ARM_TITLES = {
 STUDY_NAME = "search-quality"
 MODEL = "mobilenet_v2"
 EVAL_BATCH = 512
+# The search's sampler and pruner (seed aside): --sampler / --pruner replace them, to compare settings.
+SAMPLER: dict[str, Any] = {"name": "tpe", "n_startup_trials": 5}
+PRUNER: dict[str, Any] = {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2}
 
 
 # --------------------------------------------------------------------------- the one shared space
@@ -120,8 +123,8 @@ def space(seed: int, trials: int, max_epochs: int = 6, slots: int = 1) -> dict[s
             "metric": "val_accuracy",
             "direction": "maximize",
             "n_trials": trials,
-            "sampler": {"name": "tpe", "seed": seed, "n_startup_trials": 5},
-            "pruner": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2},
+            "sampler": {**SAMPLER, "seed": seed},
+            "pruner": dict(PRUNER),
         },
         "task": {
             "model": {"name": MODEL, "weights": "none"},
@@ -552,6 +555,27 @@ def parity_markdown(out: dict[str, Any], seeds: list[int], epochs: int, m: dict,
 # --------------------------------------------------------------------------- main
 
 
+def yaml_mapping(text: str) -> dict[str, Any]:
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict) or "name" not in value:
+        raise argparse.ArgumentTypeError(f"expected a mapping with a name, got {text!r}")
+    return value
+
+
+def reference_rows(path: Path, seeds: list[int], trials: int, max_epochs: int) -> list[dict]:
+    """The random arm of an earlier run, checked to be the same setting."""
+    earlier = json.loads(path.read_text())
+    s = earlier["settings"]
+    if (s["trials"], s["max_epochs"]) != (trials, max_epochs) or not set(seeds) <= set(s["seeds"]):
+        sys.exit(f"--reference {path}: ran {s['trials']} trials, epochs 2-{s['max_epochs']}, seeds {s['seeds']}")
+    rows = [r for r in earlier["results"].get("random", []) if r["seed"] in seeds]
+    if len(rows) != len(seeds):
+        sys.exit(f"--reference {path}: has no random arm for every seed")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=None, help="how many seeds: 0..N-1 (default 5; --parity: 3)")
@@ -565,6 +589,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="cap every arm's threads per trial (plain: torch.set_num_threads; hpsearch: "
                              "OMP_NUM_THREADS, which it reads as a cap per slot); default: plain arms use "
                              "os.cpu_count(), hpsearch its own plan. For a machine others are using too")
+    parser.add_argument("--sampler", metavar="YAML", type=yaml_mapping,
+                        help="replace the sampler settings (seed aside), e.g. '{name: tpe, multivariate: true, "
+                             "group: true}'; the hpsearch and plain arms all use it")
+    parser.add_argument("--pruner", metavar="YAML", type=yaml_mapping,
+                        help="replace the pruner settings, e.g. '{name: median, n_warmup_steps: 1}'")
+    parser.add_argument("--reference", metavar="JSON", type=Path,
+                        help="take the random arm's results from an earlier --json of the same seeds, trials "
+                             "and epochs instead of running it again (it does not depend on --sampler/--pruner)")
     parser.add_argument("--parity", action="store_true", help="Trainer vs plain loop on fixed configurations")
     parser.add_argument("--epochs", type=int, default=6, help="--parity: epochs per run (default 6)")
     parser.add_argument("--configs", default=",".join(PARITY_CONFIGS),
@@ -595,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_epochs < 2:
         parser.error("--max-epochs must be >= 2 (the space searches epochs from 2)")
     seeds = list(range(args.seeds or 5))
+    if args.sampler:
+        SAMPLER.clear()
+        SAMPLER.update(args.sampler)
+    if args.pruner:
+        PRUNER.clear()
+        PRUNER.update(args.pruner)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {arm: [] for arm in ARMS if arm in arms}
@@ -610,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: {arm}: best val {r['best_value']:.4f}, test {r['test_accuracy']:.4f}, "
                   f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
                   f"{r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    if args.reference is not None:
+        results["random"] = reference_rows(args.reference, seeds, args.trials, args.max_epochs)
     add_reach(results)
     settings = {"trials": args.trials, "max_epochs": args.max_epochs, "seeds": seeds, "arms": arms,
                 "threads": args.threads,

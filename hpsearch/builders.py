@@ -1,4 +1,4 @@
-"""From a spec to what trains: hyperparameters, seeds, the dataset, the model, the trainer, the run's params.
+"""From a spec to what trains: hyperparameters, seeds, the dataset, a teacher, the model, the trainer, the run's params.
 
 Shared by a search's trials (objective.py) and single runs (`hpsearch train`, `best --evaluate`: retrain.py).
 torch is imported inside the functions: the parent process, which only plans and watches, never loads it.
@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.params import HParams
+from hpsearch import teacher_spec
+from hpsearch.params import DISTILL_HPARAMS, HParams
 from hpsearch.spec import Spec
 
 if TYPE_CHECKING:
     from torch import nn
 
     from hpsearch.data import TaskData
+    from hpsearch.teacher import Teacher
     from hpsearch.train import Trainer
+
+# Teachers loaded in this process, beside data.load_data's datasets: a warm worker loads its teacher once.
+_TEACHERS: dict[tuple, Teacher] = {}
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -35,9 +40,14 @@ def hparams_for(spec: Spec, searched: dict[str, Any]) -> HParams:
 
 
 def run_params(spec: Spec, hp: HParams) -> dict[str, Any]:
-    """MLflow params of a run: every hyperparameter under its own name, plus model and dataset."""
+    """MLflow params of a run: every hyperparameter under its own name (distillation's only with a teacher), plus
+    model and dataset."""
+    values = hp.as_dict()
+    if spec.task.teacher is None:
+        for name in DISTILL_HPARAMS:
+            del values[name]
     return {
-        **hp.as_dict(),
+        **values,
         "model": spec.task.model.name,
         "weights": spec.task.model.weights,
         "dataset": spec.task.data.name,
@@ -54,6 +64,29 @@ def load_task_data(spec: Spec, device: str) -> TaskData:
     return data.load_data(spec.task.data, device, mean, std, split_seed=spec.study.seed)
 
 
+def load_teacher(spec: Spec, device: str, num_classes: int) -> Teacher | None:
+    """The spec's teacher on `device` (None without one), cached per process by its identity, for batches
+    normalised for the spec's student."""
+    if spec.task.teacher is None:
+        return None
+    from hpsearch import models, teacher
+
+    source = teacher_spec.resolve(spec.task.teacher)
+    student = models.normalization(spec.task.model.name, spec.task.model.weights)
+    key = (source.identity, num_classes, device, student)
+    if key not in _TEACHERS:
+        _TEACHERS.clear()  # a worker serves one spec: a teacher it no longer uses gives its memory back
+        trained_with = models.normalization(source.model, source.trained_with)
+        built = teacher.build_teacher(source.model, num_classes, source.weights, trained_with, student)
+        _TEACHERS[key] = built.to(device)
+    return _TEACHERS[key]
+
+
+def clear_teacher_cache() -> None:
+    """Forget the loaded teacher, so its memory (device memory included) can be freed."""
+    _TEACHERS.clear()
+
+
 def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | None = None) -> nn.Module:
     from hpsearch import models
 
@@ -63,6 +96,7 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
         weights=spec.task.model.weights if weights is None else weights,
         dropout=hp.dropout,
         freeze=hp.freeze,
+        unfrozen_blocks=hp.unfrozen_blocks,
     )
 
 
@@ -71,6 +105,7 @@ def build_trainer(spec: Spec, hp: HParams, device: str, seed: int) -> tuple[Trai
     from hpsearch import train
 
     task_data = load_task_data(spec, device)
+    teacher = load_teacher(spec, device, task_data.num_classes)  # before the seed: the student's init is unmoved
     train.seed_everything(seed)
     model = build_model_for(spec, hp, task_data.num_classes)
     trainer = train.Trainer(
@@ -82,5 +117,6 @@ def build_trainer(spec: Spec, hp: HParams, device: str, seed: int) -> tuple[Trai
         metric=spec.study.metric,
         direction=spec.study.direction,
         seed=seed,
+        teacher=teacher,
     )
     return trainer, task_data

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from hpsearch.credentials import STORAGE_ENV, TRACKING_ENV, mask_url, masked_spec, redact, usable_url
+from hpsearch.credentials import STORAGE_ENV, TRACKING_ENV, masked_spec, redact, usable_url
 from hpsearch.errors import RunFailure, UsageError
 
 EXIT_BAD_INPUT = 2
@@ -156,6 +156,11 @@ def validate(space):
     spec = _load_spec(space)
     click.echo(f"# {space}: valid")
     click.echo(yaml.safe_dump(masked_spec(spec).to_dict(), sort_keys=False).rstrip())
+    if spec.study.sampler.name == "tpe" and "n_startup_trials" not in spec.study.sampler.kwargs:
+        from hpsearch.registry import tpe_startup_trials
+
+        click.echo(f"# tpe: {tpe_startup_trials(spec.study.n_trials)} random start-up trials of "
+                   f"{spec.study.n_trials} (a quarter of n_trials, 5 to 10; set study.sampler.n_startup_trials)")
     if spec.search_space:
         click.echo(f"# searching {len(spec.search_space)} hyperparameter(s):")
         for p in spec.search_space.values():
@@ -180,12 +185,17 @@ def _describe_param(p) -> str:
 @cli.command()
 @study_selector
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def status(space, study_name, storage, tracking_uri, fmt):
+@click.option("--sort", type=click.Choice(["number", "value"]), default="number", show_default=True,
+              help="Row order: trial number, or value (best first in the study's direction; none last).")
+@click.option("--top", type=int, default=None, metavar="K", help="Show only the first K rows after sorting.")
+def status(space, study_name, storage, tracking_uri, fmt, sort, top):
     """One row per trial: state, value, duration, params."""
     from hpsearch.report import flat_rows, trial_rows
 
+    if top is not None and top < 1:  # before the study is opened
+        raise UsageError(f"--top: must be >= 1, got {top}")
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
-    rows = trial_rows(study)
+    rows = trial_rows(study, sort, top)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -198,16 +208,18 @@ def status(space, study_name, storage, tracking_uri, fmt):
         writer.writerows(flat)
         click.echo(buf.getvalue().rstrip("\n"))
         return
-    _print_table(study.study_name, flat)
+    total = len(study.get_trials(deepcopy=False)) if top is not None else None
+    _print_table(study.study_name, flat, total)
 
 
-def _print_table(title: str, flat: list[dict]) -> None:
+def _print_table(title: str, flat: list[dict], total: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     # Text objects, never strings: rich reads a string as markup, and a fail reason like "[/x]" crashes it.
-    table = Table(title=Text(f"study {title}: {len(flat)} trials"), title_justify="left")
+    shown = f"{len(flat)} of {total}" if total not in (None, len(flat)) else f"{len(flat)}"
+    table = Table(title=Text(f"study {title}: {shown} trials"), title_justify="left")
     columns = [c for c in (flat[0] if flat else {}) if c not in ("mlflow_run_id",)]
     for c in columns:
         table.add_column(Text(c.replace("params.", "")), overflow="fold")
@@ -239,11 +251,19 @@ def _cell(v) -> str:
 @click.option("--force", is_flag=True, help="Let --export replace the files of a folder that is not empty.")
 @click.option("--evaluate", is_flag=True, help="Report the best checkpoint's test-set accuracy.")
 @click.option("--device", default="auto", show_default=True, help="Device for --evaluate: auto | cpu | cuda.")
-def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device):
+@click.option("--register", "register_name", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="Log the winner as an MLflow model and register it as a new version of NAME "
+                   "(default NAME: the study's name).")
+def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device, register_name):
     """The best trial: value, params, trial number, MLflow run id, checkpoint."""
     from hpsearch.report import best_record
 
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    if register_name is not None:
+        from hpsearch.model_registry import check_model_name
+
+        register_name = register_name or study.study_name
+        check_model_name(register_name)  # refuse before any work is done
     record = best_record(study, storage, uri)  # its URLs are masked: `uri` is the real one
     out = None
     if export_dir is not None:
@@ -258,6 +278,10 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
 
         written = export_best(study, record, out, uri, force=force)
         record["exported"] = {k: str(v) for k, v in written.items()}
+    if register_name is not None:
+        from hpsearch.model_registry import register_best
+
+        record["registered"] = register_best(study, record, uri, register_name)
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, default=str))
         return
@@ -274,6 +298,10 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
         click.echo(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
     if "exported" in record:
         click.echo("exported     " + ", ".join(record["exported"].values()))
+    if "registered" in record:
+        registered = record["registered"]
+        click.echo(f"registered   {registered['model_uri']}  (model {registered['name']!r}, "
+                   f"version {registered['version']})")
 
 
 def _evaluate_best(study, record, device, uri: str) -> dict:
@@ -293,6 +321,24 @@ def _evaluate_best(study, record, device, uri: str) -> dict:
         path = record["checkpoint_local"] or tracking.download_checkpoint(uri, record["mlflow_run_id"], tmp)
         loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
     return {"test_accuracy": acc, "test_loss": loss}
+
+
+@cli.command()
+@study_selector
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Folder for report.html and the PNGs (default: studies/<study>/report/).")
+def report(space, study_name, storage, tracking_uri, out_dir):
+    """The study's plots and trials as one HTML page and PNGs, also attached to its MLflow parent run."""
+    from hpsearch.study_story import publish
+    from hpsearch.visual_report import default_report_dir
+
+    if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():  # refused before any work is done
+        raise UsageError(f"--out: {out_dir} is a file, not a folder")
+    study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    written, problem = publish(study, uri, Path(out_dir) if out_dir else default_report_dir(study.study_name))
+    if problem:  # the page is written all the same
+        click.echo(f"WARNING: {problem}", err=True)
+    click.echo(str(written.page))
 
 
 @cli.command()
@@ -324,21 +370,26 @@ def train(config, device, output, tracking_uri):
 
 
 @cli.command()
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Bind address (0.0.0.0 exposes it to the network).")
-@click.option("--tracking-uri", default=None, help="Backend store (default: sqlite:///mlruns/mlflow.db).")
+              help="Bind address (0.0.0.0 exposes it to the network: the UI has no login).")
+@tracking_option
 def ui(port, host, tracking_uri):
-    """Start the MLflow UI on this folder's tracking store."""
-    from hpsearch.tracking import DEFAULT_TRACKING_URI, prepare_local_store
+    """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
+    from hpsearch import study as study_mod
+    from hpsearch.tracking import DEFAULT_TRACKING_URI
+    from hpsearch.ui import serve_ui, study_pages
 
-    uri = tracking_uri or DEFAULT_TRACKING_URI
-    prepare_local_store(uri)
-    # The store goes through the environment, not argv, where `ps` would show its password.
-    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port} (store {mask_url(uri)}); Ctrl-C stops it", err=True)
-    os.execvp(cmd[0], cmd)
+    pages = None
+    if study_mod.last_run() is not None:
+        try:
+            study, _, tracking_uri = _resolve_study(None, None, None, tracking_uri)
+        except (UsageError, RunFailure) as exc:  # the UI is still worth starting: it shows every study
+            click.echo(f"warning: the study last run here cannot be read ({redact(str(exc))}); "
+                       "showing the UI's start page", err=True)
+        else:
+            pages = study_pages(study, tracking_uri)
+    sys.exit(serve_ui(pages, tracking_uri or DEFAULT_TRACKING_URI, host, port))
 
 
 # ---------------------------------------------------------------- entry point

@@ -368,7 +368,7 @@ def _scan_imagefolder(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
                      paths=[str(path) for path, _ in files])
 
     if (root / "wnids.txt").is_file():  # Tiny ImageNet
-        classes = [w.strip() for w in (root / "wnids.txt").read_text().splitlines() if w.strip()]
+        classes = _wnids(root)
         index = {w: i for i, w in enumerate(classes)}
         train = [(p, i) for w, i in index.items() for p in _image_files(root / "train" / w / "images")]
         annotations = root / "val" / "val_annotations.txt"
@@ -397,6 +397,24 @@ def _scan_imagefolder(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
             raise ValueError(f"{test_dir} has class folder {d.name!r} that {root / 'train'} lacks")
         test += [(p, index[d.name]) for p in _image_files(d)]
     return part(train), part(test), classes
+
+
+def _wnids(root: Path) -> list[str]:
+    return [w.strip() for w in (root / "wnids.txt").read_text().splitlines() if w.strip()]
+
+
+def class_count(cfg: DataConfig) -> int | None:
+    """How many classes the task has, without reading its images; None for an image folder not there yet."""
+    if cfg.name in _CIFAR:
+        return _CIFAR[cfg.name]["classes"]
+    if cfg.name in ("digits", "fake"):
+        return 10 if cfg.name == "digits" else cfg.num_classes
+    root = Path(cfg.root)
+    if (root / "wnids.txt").is_file():
+        return len(_wnids(root))
+    if (root / "train").is_dir():  # the rule _scan_imagefolder reads them by
+        return sum(1 for d in (root / "train").iterdir() if d.is_dir())
+    return None
 
 
 _READERS = {"cifar10": _read_cifar, "cifar100": _read_cifar, "digits": _read_digits,

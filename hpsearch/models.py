@@ -1,13 +1,17 @@
-"""torchvision classifiers by name, with a new head for the task, optional dropout, weights and freezing.
+"""torchvision classifiers by name, with a new head for the task, optional dropout, weights, and freezing by stages.
 
 Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import os
 import urllib.parse
+import warnings
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -214,16 +218,19 @@ def _from_file(name: str, num_classes: int, path: str, dropout: float | None) ->
 
 
 def build_model(name: str, num_classes: int, weights: str = "none", dropout: float | None = None,
-                freeze: str = "none") -> nn.Module:
+                freeze: str = "none", unfrozen_blocks: int | None = None) -> nn.Module:
     """A torchvision classifier with a new num_classes head, on the CPU.
 
     weights: "none", "DEFAULT", a weights name of this model, or a state_dict file path.
     dropout: None keeps the model's own; else the p of the dropout before the head (inserted if absent).
-    freeze="backbone": only the head trains; put the model in train mode with `set_train_mode`.
+    freeze="backbone": only the head trains; freeze="partial": the head and the last `unfrozen_blocks`
+    stages (see backbone_stages) train. Put the model in train mode with `set_train_mode`.
     """
     _check_name(name)
     if freeze not in FREEZE_MODES:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE_MODES)}, got {freeze!r}")
+    if freeze == "partial" and unfrozen_blocks is None:
+        raise ValueError("freeze=partial needs unfrozen_blocks: how many of the last stages train")
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     resolved = resolve_weights(name, weights)
@@ -236,28 +243,183 @@ def build_model(name: str, num_classes: int, weights: str = "none", dropout: flo
         # N(0, 0.01) with zero bias, not nn.Linear's default); _adapt keeps those values.
         model = _torchvision_model(name, resolved, num_classes if resolved is None else None)
         _adapt(model, num_classes, dropout)
-    if freeze == "backbone":
-        trainable = {id(p) for p in head_parameters(model)}
-        for p in model.parameters():
-            # Nothing before the head requires grad, so autograd records no graph for the backbone:
-            # backward stops at the head and no backbone activations are kept.
-            p.requires_grad_(id(p) in trainable)
-    _note(model, "hpsearch_frozen", freeze == "backbone")
+    if freeze != "none":
+        stages = len(backbone_stages(model))
+        unfrozen = 0 if freeze == "backbone" else unfrozen_blocks
+        assert unfrozen is not None  # partial without unfrozen_blocks is refused above
+        if not 0 <= unfrozen <= stages:
+            raise ValueError(f"unfrozen_blocks must be in [0, {stages}] ({name} has {stages} stages), got {unfrozen}")
+        freeze_stages(model, stages - unfrozen)
     return model
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the classifier head that build_model put in (or of the last Linear of any model)."""
+    return getattr(model, "hpsearch_head", None) or _find_head(model)
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the classifier head that build_model put in (or of the last Linear of any model)."""
-    head = getattr(model, "hpsearch_head", None) or _find_head(model)
-    return list(model.get_submodule(head).parameters())
+    return list(model.get_submodule(head_name(model)).parameters())
+
+
+# --------------------------------------------------------------------------- stages: how deep to fine-tune
+
+# What is frozen or decayed together. The generic rule: the model's top-level children in order, a child that
+# is a plain nn.Sequential or nn.ModuleList (MobileNet's, EfficientNet's, AlexNet's, VGG's, DenseNet's
+# `features`, RegNet's `trunk_output`, a `classifier`) split into its children; a unit with parameters starts
+# a stage, except a norm layer, which ends the stage before it (ResNet's bn1 after conv1, DenseNet's norm5).
+# Units without parameters join the stage before them (ReLU, pooling), a Dropout the one after it (it
+# regularises that stage's input). The head and the dropout feeding it are no stage. Exceptions below.
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# Models whose top-level Sequentials are the stages themselves: ResNet's layer1..4, ShuffleNetV2's stage2..4.
+_WHOLE_CHILDREN = (torchvision.models.ResNet, torchvision.models.ShuffleNetV2)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the backbone's depth: the submodules (and loose parameters) that freeze and decay together."""
+
+    name: str  # stage_0 nearest the input (the stem) … stage_{n-1} just below the head
+    members: tuple[str, ...]  # dotted names of submodules or parameters of the model
+
+
+def _units(model: nn.Module) -> list[tuple[str, ...]]:
+    """The model's pieces in forward order, before they are grouped into stages."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        # The patch embedding, class token and position embedding are the stem; each encoder layer a stage.
+        stem = ("conv_proj", "class_token", "encoder.pos_embedding", "encoder.dropout")
+        layers = [(f"encoder.layers.{k}",) for k in model.encoder.layers._modules]
+        heads = [(f"heads.{k}",) for k in model.heads._modules]
+        return [stem, *layers, ("encoder.ln",), *heads]
+    units: list[tuple[str, ...]] = [(name,) for name, _ in model.named_parameters(recurse=False)]
+    for name, child in model.named_children():
+        if type(child) in (nn.Sequential, nn.ModuleList) and not isinstance(model, _WHOLE_CHILDREN):
+            units += [(f"{name}.{k}",) for k, _ in child.named_children()]
+        else:
+            units.append((name,))
+    return units
+
+
+def _member(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return model.get_parameter(name)
+
+
+def _head_modules(model: nn.Module) -> list[str]:
+    noted = getattr(model, "hpsearch_head_modules", None)
+    if noted is not None:
+        return noted
+    head = _find_head(model)
+    drop = _preceding_dropout(model, head)
+    return [head] + ([drop] if drop else [])
+
+
+def backbone_stages(model: nn.Module) -> list[Stage]:
+    """The backbone's stages from the input up (the head excluded): what `freeze: partial` and
+    `layer_decay` count. MobileNetV2 has 19 (features[0..18]), ResNet 5 (conv1+bn1, layer1..4), AlexNet 7
+    (five conv blocks, fc6, fc7), EfficientNet-B0 9 (features[0..8]), ViT-B/16 13 (the embeddings, 12 layers)."""
+    head = _head_modules(model)
+    stages: list[list[str]] = []
+    waiting: list[str] = []  # parameter-free units that join the next stage
+    for unit in _units(model):
+        if any(name == h or name.startswith(h + ".") for name in unit for h in head):
+            continue
+        parts = [_member(model, name) for name in unit]
+        if not any(isinstance(p, nn.Parameter) or any(True for _ in p.parameters()) for p in parts):
+            if stages and not all(isinstance(p, nn.Dropout) for p in parts):
+                stages[-1] += unit
+            else:
+                waiting += unit
+        elif stages and all(isinstance(p, _NORMS) for p in parts):
+            stages[-1] += [*waiting, *unit]
+            waiting = []
+        else:
+            stages.append([*waiting, *unit])
+            waiting = []
+    if stages and waiting:
+        stages[-1] += waiting
+    return [Stage(f"stage_{i}", tuple(members)) for i, members in enumerate(stages)]
+
+
+def stage_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
+    """The stage's parameters (never the head's, should a member hold it)."""
+    head = {id(p) for p in head_parameters(model)}
+    found: list[nn.Parameter] = []
+    for name in stage.members:
+        part = _member(model, name)
+        params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+        found += [p for p in params if id(p) not in head]
+    return found
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Parameters go to the meta device as modules register them: a model's structure without its memory or
+    initialisation (torch.device("meta") alone breaks RegNet, which computes its widths with tensors)."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, None if param is None else nn.Parameter(param.to("meta"), param.requires_grad))
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def skeleton(name: str) -> nn.Module:
+    """The named architecture with its parameters on the meta device (aux heads off): for its structure only."""
+    _check_name(name)
+    with _parameters_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GoogLeNet's and Inception's notes on initialisation
+        model = _torchvision_model(name, None)
+    _disable_aux_heads(model)
+    return model
+
+
+@functools.cache
+def count_stages(name: str) -> int:
+    """How many backbone stages the named model has (what `unfrozen_blocks` may be at most); no weights built."""
+    return len(backbone_stages(skeleton(name)))
+
+
+def freeze_stages(model: nn.Module, frozen: int) -> None:
+    """The first `frozen` stages stop training (requires_grad False, kept in eval mode by set_train_mode);
+    the rest and the head train. freeze_stages(model, 0) unfreezes everything."""
+    stages = backbone_stages(model)
+    if not 0 <= frozen <= len(stages):
+        raise ValueError(f"cannot freeze {frozen} stages of a model with {len(stages)}")
+    if frozen and frozen == len(stages):
+        # Nothing before the head requires grad, so autograd records no graph for the backbone:
+        # backward stops at the head and no backbone activations are kept.
+        trainable = {id(p) for p in head_parameters(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    else:
+        still = {id(p) for stage in stages[:frozen] for p in stage_parameters(model, stage)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in still)
+    _note(model, "hpsearch_frozen", bool(frozen) and frozen == len(stages))
+    _note(model, "hpsearch_frozen_modules", [name for stage in stages[:frozen] for name in stage.members
+                                             if isinstance(_member(model, name), nn.Module)])
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """model.train(), except that a frozen backbone stays in eval mode: its BatchNorm statistics and
-    dropout stay fixed, so it is exactly the feature extractor the head is trained on."""
+    """model.train(), except that what is frozen stays in eval mode: its BatchNorm statistics and dropout
+    stay fixed, so it is exactly the feature extractor the rest is trained on."""
     if getattr(model, "hpsearch_frozen", False):
         model.eval()
         for name in getattr(model, "hpsearch_head_modules", []):
             model.get_submodule(name).train()
-    else:
-        model.train()
+        return
+    model.train()
+    frozen = getattr(model, "hpsearch_frozen_modules", [])
+    for name in frozen:
+        model.get_submodule(name).eval()
+    if frozen:  # a frozen member holding the head (a model whose head is nested) must not take it along
+        for name in _head_modules(model):
+            model.get_submodule(name).train()

@@ -89,6 +89,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
         context.on_event(TrialStarted(number, hp.epochs, searched))
 
         trainer, _ = build_trainer(spec, hp, context.device, trial_seed(spec.study.seed, number))
+        if trainer.group_lrs:  # fine-tuning's per-group learning rates (lr.head, lr.stage_7, …) as resolved
+            run.log_epoch(1, trainer.group_lrs)
         on_epoch = _epoch_hook(context, trial, run, hp.epochs)
         trainer.fit(on_epoch)
         state, value = "COMPLETE", trainer.best_value

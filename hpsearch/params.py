@@ -12,7 +12,7 @@ from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("cosine", "step", "multistep", "exponential", "onecycle", "plateau", "none")
-FREEZE_MODES = ("none", "backbone")
+FREEZE_MODES = ("none", "backbone", "partial")
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "fake")
 AUGMENTS = ("standard", "none")
 # What one epoch of the trainer reports; `study.metric` must be one of the first three.
@@ -40,8 +40,15 @@ class HParams:
     step_size: int | None = None  # step: epochs between decays; None → max(1, epochs // 3)
     gamma: float = 0.1
     label_smoothing: float = 0.0
-    freeze: str = "none"
+    freeze: str = "none"  # none | backbone: only the head trains | partial: the head and the last stages train
+    unfrozen_blocks: int | None = None  # freeze=partial: how many of the backbone's last stages train
+    backbone_lr_scale: float = 1.0  # the backbone's lr is lr × this; the head's is lr
+    layer_decay: float = 1.0  # the stage k stages below the head learns at lr × backbone_lr_scale × layer_decay^k
+    unfreeze_epoch: int | None = None  # what `freeze` froze trains from this (1-based) epoch on; None → never
     patience: int | None = None  # early stopping inside a trial; None → off
+    # With task.teacher (knowledge distillation): the loss is (1 - alpha) · CE + alpha · T² · KL(teacher ‖ student).
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HParams:
@@ -56,6 +63,8 @@ class HParams:
 
 
 HYPERPARAMETERS = tuple(f.name for f in fields(HParams))
+# Hyperparameters that mean something only with a teacher (the spec refuses them without one).
+DISTILL_HPARAMS = ("distill_alpha", "distill_temperature")
 
 # Settings of the `train:` block that are not hyperparameters (never searched).
 TRAIN_SETTINGS = {"cuda_graphs": "auto", "amp": "auto", "channels_last": "auto"}
@@ -76,7 +85,13 @@ HPARAM_TYPES: dict[str, type] = {
     "gamma": float,
     "label_smoothing": float,
     "freeze": str,
+    "unfrozen_blocks": int,
+    "backbone_lr_scale": float,
+    "layer_decay": float,
+    "unfreeze_epoch": int,
     "patience": int,
+    "distill_alpha": float,
+    "distill_temperature": float,
 }
 HPARAM_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
@@ -111,6 +126,12 @@ def check_hparam_value(name: str, value: Any, show: Callable[[Any], str] = repr)
         "gamma": (0 < value <= 1, "in (0, 1]"),
         "label_smoothing": (0 <= value < 1, "in [0, 1)"),
         "patience": (value > 0, "> 0"),
+        "unfrozen_blocks": (value >= 0, ">= 0"),
+        "backbone_lr_scale": (0 < value <= 1, "in (0, 1]"),
+        "layer_decay": (0 < value <= 1, "in (0, 1]"),
+        "unfreeze_epoch": (value > 0, "> 0"),
+        "distill_alpha": (0 <= value <= 1, "in [0, 1]"),
+        "distill_temperature": (value > 0, "> 0"),
     }
     ok, rule = in_bounds[name]
     return None if ok else f"must be {rule}, got {show(value)}"

@@ -31,6 +31,7 @@ ATTR_HOST = "hpsearch.host"
 ATTR_OWNER_PID = "hpsearch.owner_pid"
 ATTR_OWNER_START = "hpsearch.owner_started"
 ATTR_WORKER_PID = "hpsearch.worker_pid"
+ATTR_SLOT = "hpsearch.slot"  # the device slot that ran it: "cuda:0 #1" (its device, then its slot index)
 ATTR_HEARTBEAT = "hpsearch.heartbeat"
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_FAILURE = "hpsearch.fail_kind"  # a FailureKind value
@@ -58,6 +59,11 @@ TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 TAG_PARENT = "mlflow.parentRunId"
 MAX_TAG_CHARS = 4000
+
+# ---------------------------------------------------------------- MLflow model version tags (`best --register`)
+
+MODEL_TAG_METRIC = "hpsearch.metric"  # the study's metric name
+MODEL_TAG_VALUE = "hpsearch.value"  # the winner's value of it
 
 # Optuna trial state → MLflow run status.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}

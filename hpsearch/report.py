@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 
 from hpsearch import records, tracking
 from hpsearch import study as study_mod
@@ -13,39 +15,77 @@ from hpsearch.credentials import mask_url, redact
 from hpsearch.errors import UsageError
 from hpsearch.outages import first_line
 
+# What `status` reads from `study.trials_dataframe()`: its columns are (attribute, key) pairs.
+FRAME_ATTRS = ("number", "state", "value", "intermediate_values", "datetime_start", "datetime_complete",
+               "params", "distributions", "user_attrs")
+COLUMNS = ["number", "state", "value", "epochs_run", "duration_s", "params", "mlflow_run_id", "reason"]
 
-def _duration(t: optuna.trial.FrozenTrial) -> float | None:
-    if t.datetime_start and t.datetime_complete:
-        return round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
-    return None
+
+def trials_frame(study: optuna.Study, sort: str = "number", top: int | None = None) -> pd.DataFrame:
+    """`status`'s table: one row per trial (COLUMNS; `params` holds each trial's dict), missing values NaN.
+
+    `sort="value"` puts the best value first in the study's direction, trials without one last;
+    `top` keeps the first rows after sorting.
+    """
+    raw = study.trials_dataframe(attrs=FRAME_ATTRS, multi_index=True)
+    if raw.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    # What the frame cannot tell apart, from the trials: a NaN report from no report (both NaN there), and
+    # a trial's own parameters in the order it suggested them (the frame sorts them by name).
+    shape = {t.number: (list(t.params), max(t.intermediate_values, default=None), len(t.intermediate_values))
+             for t in study.get_trials(deepcopy=False)}
+    values = raw.xs("value", axis=1, level=0).iloc[:, 0].astype(float)  # its key is the metric's name where one is set
+    rows = [_frame_row(row, value, *shape.get(int(row[("number", "")]), ([], None, 0)))
+            for (_, row), value in zip(raw.iterrows(), values, strict=True)]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if sort == "value":
+        minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+        frame = frame.sort_values("value", ascending=minimize, na_position="last", kind="stable")
+    return frame.head(top) if top is not None else frame
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, duration, params, run id, failure reason."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        value = t.value
-        if value is None and t.intermediate_values:  # a pruned trial: its last reported value
-            value = t.intermediate_values[max(t.intermediate_values)]
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": None if value is None or not math.isfinite(value) else value,
-                "epochs_run": len(t.intermediate_values),
-                "duration_s": _duration(t),
-                "params": dict(t.params),
-                "mlflow_run_id": t.user_attrs.get(records.ATTR_RUN_ID),
-                "reason": redact(t.user_attrs.get(records.ATTR_FAIL_REASON) or "") or None,  # older studies
-            }
-        )
-    return rows
+def _frame_row(row: pd.Series, value: float, names: list[str], last_step: int | None, reports: int
+               ) -> dict[str, Any]:
+    if pd.isna(value) and last_step is not None:  # a pruned trial: its last reported value
+        value = row.get(("intermediate_values", last_step), math.nan)
+    start, end = row[("datetime_start", "")], row[("datetime_complete", "")]
+    run_id = row.get(("user_attrs", records.ATTR_RUN_ID), math.nan)
+    reason = row.get(("user_attrs", records.ATTR_FAIL_REASON), math.nan)
+    return {
+        "number": int(row[("number", "")]),
+        "state": row[("state", "")],
+        "value": float(value) if math.isfinite(value) else math.nan,
+        "epochs_run": reports,
+        "duration_s": math.nan if pd.isna(start) or pd.isna(end) else round((end - start).total_seconds(), 2),
+        "params": {name: _param(row, name) for name in names if ("params", name) in row.index},
+        "mlflow_run_id": None if pd.isna(run_id) else run_id,
+        "reason": None if pd.isna(reason) else redact(reason) or None,  # older studies
+    }
+
+
+def _param(row: pd.Series, name: str) -> Any:
+    dist, value = row[("distributions", name)], row[("params", name)]
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # a None (or NaN) choice
+        return None
+    # A column that mixes ints with missing values holds floats: the trial's distribution gives the value
+    # back as it was suggested (an int, a categorical choice).
+    value = dist.to_external_repr(dist.to_internal_repr(value))
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _native(value: Any) -> Any:
+    return None if pd.api.types.is_scalar(value) and pd.isna(value) else value
+
+
+def trial_rows(study: optuna.Study, sort: str = "number", top: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, duration, params, run id, failure reason (None when missing)."""
+    return [{k: _native(v) for k, v in r.items()} for r in trials_frame(study, sort, top).to_dict("records")]
 
 
 def flat_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with each parameter in its own `params.NAME` column (CSV and tables)."""
     names: list[str] = []
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["number"]):  # the same columns in the same order, however sorted
         names += [k for k in r["params"] if k not in names]
     out = []
     for r in rows:

@@ -25,7 +25,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     storage_url = spec.study.storage
     # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
     # the values are sampled in the workers, each with its own sampler.
-    sampler = study_sampler(spec.study.sampler, spec.search_space)
+    sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
     # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
     # (the real URLs are passed on separately, and come back from the options or the environment).
     study, resumed = study_mod.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
@@ -87,6 +87,8 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         if undelivered:
             _report_undelivered(study, undelivered)
 
+    if not summary.interrupted and not undelivered:  # a stopped run, or a store away, is not held up by it
+        _publish_report(spec, study, study_tracker, parent_run_id)
     tail = ""
     if summary.best_trial is not None:
         tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
@@ -130,6 +132,21 @@ def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTrac
     return lost + [item.describe() for item in left]
 
 
+def _publish_report(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> None:
+    """Write the study's report and tell its parent run; a failure is one warning line, never the run's."""
+    from hpsearch.study_story import ParentRun, publish
+    from hpsearch.visual_report import default_report_dir
+
+    try:
+        parent = ParentRun(tracker.client, tracker.experiment_id, parent_run_id)
+        report, problem = publish(study, spec.tracking.uri, default_report_dir(spec.study.name), parent)
+        click.echo(f"report: {report.page}")
+    except Exception as exc:
+        problem = f"the study report was not written: {type(exc).__name__}: {first_line(exc)}"
+    if problem:
+        click.echo(f"WARNING: {redact(problem)}", err=True)
+
+
 def _report_undelivered(study: optuna.Study, undelivered: list[str]) -> None:
     """Name every write that never reached MLflow, on screen and in the study (read by `best`)."""
     click.echo(f"ERROR: {len(undelivered)} MLflow write(s) not delivered:", err=True)
@@ -151,6 +168,10 @@ def checkpoints_lost_line(trials: list[int]) -> str:
 
 
 def _parent_params(spec: Spec) -> dict[str, object]:
+    from hpsearch.teacher_spec import teacher_params
+
+    # The teacher's identity; an export that does not exist (yet) is refused here, before any trial.
+    teacher = {} if spec.task.teacher is None else teacher_params(spec.task.teacher)
     return {
         "model": spec.task.model.name,
         "weights": spec.task.model.weights,
@@ -164,4 +185,5 @@ def _parent_params(spec: Spec) -> dict[str, object]:
         "sampler": spec.study.sampler.name,
         "pruner": spec.study.pruner.name,
         "search_space": ",".join(spec.search_space),
+        **teacher,
     }

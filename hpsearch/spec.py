@@ -5,11 +5,13 @@ Every refusal is a SpecError that names the dotted path of the offending field
 Validation happens here, once (in the process that reads the file), so the study, workers and
 objective can trust a Spec. The YAML is read by strict_yaml.py, single values are checked in checks.py,
 `search_space:` in space.py, sampler and pruner keywords in registry.py, `task.data` values by
-config.DataConfig itself.
+config.DataConfig itself, `task.teacher` (knowledge distillation) in teacher_spec.py.
 
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.
 - sampler: tpe with seed 0, and any sampler without a seed gets seed 0, so runs reproduce.
+  Unless the file says, TPE's n_startup_trials follows n_trials (registry.tpe_startup_trials; the
+  file's values are kept as written, so a study resumed with more trials starts more at random).
 - pruner: median with n_warmup_steps 2. Steps are epochs completed (1-based), so this never
   judges a trial on its first epoch alone.
 - task.model.weights: DEFAULT (a fine-tuning tool starts from pretrained weights).
@@ -29,14 +31,16 @@ from typing import Any, Literal
 from hpsearch import checks, registry, strict_yaml
 from hpsearch.checks import SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
+from hpsearch.finetune_checks import check_finetuning
 from hpsearch.params import CHECKPOINT_POLICIES, CUDA_GRAPH_MODES, DIRECTIONS, METRICS, TRAIN_SETTINGS
 from hpsearch.registry import PrunerSpec, SamplerSpec
 from hpsearch.space import ParamSpec, check_plateau_gamma, parse_search_space
+from hpsearch.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
 __all__ = [
     "DataConfig", "ModelSpec", "ParamSpec", "PrunerSpec", "ResourcesSpec", "SamplerSpec", "Spec", "SpecError",
-    "StudySpec", "TaskSpec", "TrackingSpec", "apply_overrides", "fixed_spec", "load_spec", "parse_duration",
-    "parse_spec",
+    "StudySpec", "TaskSpec", "TeacherSpec", "TrackingSpec", "apply_overrides", "fixed_spec", "load_spec",
+    "parse_duration", "parse_spec",
 ]
 
 # ---------------------------------------------------------------------------- the typed spec
@@ -68,6 +72,7 @@ class ModelSpec:
 class TaskSpec:
     model: ModelSpec
     data: DataConfig
+    teacher: TeacherSpec | None = None  # knowledge distillation: the network the student learns from
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class Spec:
             "task": {
                 "model": dataclasses.asdict(self.task.model),
                 "data": dataclasses.asdict(self.task.data),
+                **({"teacher": self.task.teacher.to_dict()} if self.task.teacher else {}),
             },
             "train": {**self.train, **self.settings},
             "search_space": {name: p.to_dict() for name, p in self.search_space.items()},
@@ -177,6 +183,10 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
     train, settings = _parse_train(data.get("train"))
     search_space = parse_search_space(data.get("search_space"), train)
     check_plateau_gamma(train, search_space)
+    check_finetuning(train, search_space, task.model.name)
+    check_distillation(train, search_space, task.teacher)
+    if task.teacher is not None:
+        check_teacher(task.teacher, task.data)
     _probe(lambda: registry.build_sampler(study.sampler, search_space), "study.sampler")
     return Spec(
         study=study,
@@ -237,6 +247,8 @@ def fixed_spec(spec: Spec, values: dict[str, Any]) -> Spec:
         checks.hparam_name(name, at)
         train[name] = checks.hparam_value(name, value, at)
     check_plateau_gamma(train, {})
+    check_finetuning(train, {}, spec.task.model.name)
+    check_distillation(train, {}, spec.task.teacher)
     return dataclasses.replace(spec, train=train, search_space={})
 
 
@@ -326,8 +338,9 @@ def _probe(build: Callable[[], object], path: str) -> None:
 
 def _parse_task(raw: Any) -> TaskSpec:
     raw = checks.section(raw, "task")
-    checks.check_keys(raw, ("model", "data"), "task")
-    return TaskSpec(model=_parse_model(raw.get("model")), data=_parse_data(raw.get("data")))
+    checks.check_keys(raw, ("model", "data", "teacher"), "task")
+    return TaskSpec(model=_parse_model(raw.get("model")), data=_parse_data(raw.get("data")),
+                    teacher=_parse_teacher(raw.get("teacher")))
 
 
 def _parse_model(raw: Any) -> ModelSpec:
@@ -336,11 +349,41 @@ def _parse_model(raw: Any) -> ModelSpec:
     checks.check_keys(raw, ("name", "weights"), path)
     if "name" not in raw:
         raise SpecError(f"{path}.name", "required")
-    name = raw["name"]
+    name = _model_name(raw["name"], f"{path}.name")
+    return ModelSpec(name=name, weights=_weights(name, raw.get("weights", "DEFAULT"), f"{path}.weights"))
+
+
+def _model_name(name: Any, path: str) -> str:
     models = _torchvision_models()
     if name not in models:
-        raise SpecError(f"{path}.name", checks.unknown("model", name, models))
-    return ModelSpec(name=name, weights=_weights(name, raw.get("weights", "DEFAULT"), f"{path}.weights"))
+        raise SpecError(path, checks.unknown("model", name, models))
+    return name
+
+
+def _parse_teacher(raw: Any) -> TeacherSpec | None:
+    """`task.teacher`: its form here; what it holds (files, classes, input size) in teacher_spec.check_teacher."""
+    path = "task.teacher"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError(path, "must be a mapping ({export: studies/<study>/best} or {model: NAME, weights: DEFAULT}), "
+                              f"got {checks.describe(raw)}")
+    checks.check_keys(raw, ("export", "model", "weights"), path)
+    if "export" in raw:
+        for key in ("model", "weights"):
+            if key in raw:
+                raise SpecError(f"{path}.{key}", "an export names its own model and weights: give export, or model "
+                                                 "and weights, not both")
+        return TeacherSpec(export=checks.text(raw["export"], f"{path}.export"))
+    if "model" not in raw:
+        raise SpecError(path, "required: export (a folder `hpsearch best --export` wrote) or model (a torchvision "
+                              "model, with weights)")
+    name = _model_name(raw["model"], f"{path}.model")
+    weights = _weights(name, raw.get("weights", "DEFAULT"), f"{path}.weights")
+    if weights == "none":
+        raise SpecError(f"{path}.weights", "a teacher needs trained weights: DEFAULT, a weights name or a state_dict "
+                                           "file, got none")
+    return TeacherSpec(model=name, weights=weights)
 
 
 def _weights(model: str, value: Any, path: str) -> str:

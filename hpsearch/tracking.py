@@ -221,13 +221,8 @@ class StudyTracker:
         return through_outage(lambda: self._parent_run(study_name, params), "the study's parent run")
 
     def _parent_run(self, study_name: str, params: Mapping[str, Any]) -> str:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{study_name}'",
-            max_results=1,
-        )
-        if runs:
-            run_id = runs[0].info.run_id
+        run_id = find_parent_run(self.client, self.experiment_id, study_name)
+        if run_id:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(
@@ -244,6 +239,16 @@ class StudyTracker:
         metrics = [Metric(k, float(v), now, 0) for k, v in (best or {}).items()]
         submit("the close of the study's parent run", lambda: close_run(self.client, run_id, "FINISHED",
                                                                           metrics=metrics))
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:
+    """The id of the study's parent run in the experiment, if it has one."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{study_name}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ ragged last batch of an epoch takes an eager step beside the graph), inputs copi
 buffers, the learning rate as a device tensor the scheduler updates in place, and the running loss
 summed on the device so that nothing syncs with the host until the epoch ends. A capture that
 fails falls back to eager steps and turns graphs off for the rest of the process
-(graphs_disabled_reason). On the CPU everything runs eagerly in fp32.
+(graphs_disabled_reason). Gradual unfreezing (hp.unfreeze_epoch) changes what the step trains, so the
+graph is dropped then and captured again. On the CPU everything runs eagerly in fp32. With a teacher
+(knowledge distillation, teacher.py) the step's loss takes the teacher's predictions on the same batch: its
+forward runs inside the step, so inside the captured graph, under no_grad.
 
 Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
@@ -30,8 +33,10 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from hpsearch.data import batch_bounds
-from hpsearch.models import set_train_mode
+from hpsearch.finetune import group_lrs, param_groups
+from hpsearch.models import freeze_stages, set_train_mode
 from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
+from hpsearch.teacher import distillation_loss
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy optimizer state, cuDNN autotuning)
 WARMUP_START_FACTOR = 0.01  # linear warm-up starts at 1% of lr, as torchvision's reference recipe
@@ -79,7 +84,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim.Optimizer:
-    """The optimizer named by hp.optimizer.
+    """The optimizer named by hp.optimizer, over parameters or parameter groups (finetune.param_groups).
 
     lr_tensor=True prepares it for CUDA-graph capture: lr becomes a float32 tensor on the params'
     device, so the scheduler's in-place updates reach every replay, and the step is a capturable one
@@ -87,7 +92,16 @@ def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim
     where the foreach SGD would turn a tensor lr into a host number).
     """
     params = list(params)
-    lr = torch.tensor(hp.lr, dtype=torch.float32, device=params[0].device) if lr_tensor else hp.lr
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    device = groups[0]["params"][0].device
+
+    def rate(base: float) -> float | torch.Tensor:
+        return torch.tensor(base, dtype=torch.float32, device=device) if lr_tensor else base
+
+    # Each group its own lr (for capture, a tensor of its own: the scheduler updates each in place);
+    # base_lr keeps it exact for the schedules that need it as a number.
+    params = [{**g, "lr": rate(g.get("lr", hp.lr)), "base_lr": g.get("lr", hp.lr)} for g in groups]
+    lr = rate(hp.lr)
     graph: dict[str, Any] = {"capturable": True} if lr_tensor else {}
     name = hp.optimizer
     if name == "sgd":
@@ -157,7 +171,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epo
         # peak is clamped to leave both phases a step; too few steps for a warm-up: its default 30%.
         peak = min(warm * spe, total - 2)
         pct = (peak + 1) / total if warm and peak >= 1 else 0.3
-        per_step = sched.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct,
+        # Each group peaks at its own lr (the backbone's scaled one, see finetune.param_groups).
+        max_lr = [g.get("base_lr", hp.lr) for g in optimizer.param_groups]
+        per_step = sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct,
                                     cycle_momentum=False)
         return LRSchedule(optimizer, per_step)
     if name == "cosine":
@@ -189,8 +205,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epo
 # --------------------------------------------------------------------------- evaluation
 
 
+def _bf16(device: torch.device, settings: TrainSettings) -> bool:
+    """Whether steps and evaluation run under bf16 autocast (and a teacher holds bf16 weights)."""
+    return device.type == "cuda" and settings.amp == "auto"
+
+
 def _autocast(device: torch.device, settings: TrainSettings, *, for_graph: bool = False):
-    if device.type == "cuda" and settings.amp == "auto":
+    if _bf16(device, settings):
         # Autocast's weight-cast cache must be off inside graph capture (cached casts would be stale).
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not for_graph)
     return contextlib.nullcontext()
@@ -290,11 +311,14 @@ class Trainer:
     """Trains one model on one TaskData with one set of hyperparameters, epoch by epoch.
 
     `seed` decides the data order and augmentation; call seed_everything(seed) before build_model
-    too, for the same head initialisation and dropout masks.
+    too, for the same head initialisation and dropout masks. A `teacher` (teacher.Teacher) makes the loss
+    hp.distill_alpha's mix of the labels' and the teacher's (teacher.distillation_loss); it is moved to the
+    device in inference precision and never trained.
     """
 
     def __init__(self, model: nn.Module, data, hp: HParams, *, device, settings: TrainSettings = TrainSettings(),
-                 metric: str = "val_accuracy", direction: str = "maximize", seed: int = 0):
+                 metric: str = "val_accuracy", direction: str = "maximize", seed: int = 0,
+                 teacher: nn.Module | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if direction not in DIRECTIONS:
@@ -309,13 +333,26 @@ class Trainer:
         if cuda:
             torch.backends.cudnn.benchmark = True  # shapes are static; pick the fastest kernels once
         self.model = model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(trainable, hp, lr_tensor=self.use_graphs)
+        # Gradual unfreezing: what is frozen now trains from hp.unfreeze_epoch on, so its parameters get
+        # their groups (and the schedule's position) from the start; until then they have no grads to step.
+        frozen = any(not p.requires_grad for p in model.parameters())
+        self.unfreeze_epoch = hp.unfreeze_epoch if frozen else None
+        groups = param_groups(model, hp, include_frozen=self.unfreeze_epoch is not None)
+        self.group_lrs = group_lrs(groups)  # {"lr.head": …, "lr.backbone": …}: what the run records
+        self.optimizer = build_optimizer(groups, hp, lr_tensor=self.use_graphs)
         self.batch_size = min(hp.batch_size, len(data.train))
         # Every image every epoch: the ragged last batch is a step too (see batch_bounds).
         self.steps_per_epoch = len(batch_bounds(len(data.train), self.batch_size))
         self.schedule = build_scheduler(self.optimizer, hp, self.steps_per_epoch, direction)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        self.teacher = teacher
+        if teacher is not None:  # in place, once per worker: a cached teacher is already there
+            dtype = torch.bfloat16 if _bf16(self.device, settings) else torch.float32
+            teacher.to(self.device, dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
+            teacher.eval().requires_grad_(False)
+        # The one check: without a teacher a step computes exactly the loss it always did.
+        self.loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+            self._plain_loss if teacher is None else self._distilled_loss)
         # Data order and augmentation come from a generator on the device: no host round trips.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eval_batch_size = max(512, self.batch_size)
@@ -354,9 +391,19 @@ class Trainer:
             self._eager_step(x, y)
         self.schedule.step()
 
+    def _plain_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.model(x), y)
+
+    def _distilled_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None  # chosen only with one
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return distillation_loss(self.model(x), teacher_logits, y, self.criterion, self.hp.distill_alpha,
+                                 self.hp.distill_temperature)
+
     def _forward_backward_step(self, x: torch.Tensor, y: torch.Tensor, *, for_graph: bool = False) -> None:
         with _autocast(self.device, self.settings, for_graph=for_graph):
-            loss = self.criterion(self.model(x), y)
+            loss = self.loss(x, y)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach().float()
@@ -456,8 +503,21 @@ class Trainer:
 
     # ---- one epoch
 
+    def _unfreeze(self) -> None:
+        """Everything trains from now on; a captured step covered only what had grads then, so it goes, and
+        the next full batches warm up (creating the new parameters' optimizer state) and capture again."""
+        freeze_stages(self.model, 0)
+        self.unfreeze_epoch = None
+        if self._graph is not None:
+            torch.cuda.synchronize(self.device)  # no replay in flight when the graph and its pool go
+        self._graph = self._static = None
+        self._eager_steps = 0
+        self.optimizer.zero_grad(set_to_none=True)  # the old graph's grads lived in its pool
+
     def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
         """(mean training loss, lr at the epoch's start, training seconds)."""
+        if self.unfreeze_epoch is not None and epoch >= self.unfreeze_epoch:
+            self._unfreeze()
         set_train_mode(self.model)
         self._loss_sum.zero_()
         self._steps.zero_()
@@ -526,7 +586,7 @@ class Trainer:
         """
         self.best_state_dict = self.best_state_dict_cpu()
         # A released trainer is never trained again: its parts may go.
-        self.model = self.optimizer = self.schedule = self.criterion = None  # type: ignore[assignment]
+        self.model = self.optimizer = self.schedule = self.criterion = self.teacher = None  # type: ignore[assignment]
         self._graph = self._static = self._side_stream = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

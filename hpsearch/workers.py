@@ -83,7 +83,7 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
         from hpsearch.train import graphs_disabled_reason
 
         # Seeded per trial number (registry.study_sampler): the same draws whichever worker runs a trial.
-        sampler = study_sampler(spec.study.sampler, spec.search_space)
+        sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
         study = optuna.load_study(
             study_name=spec.study.name,
             storage=study_mod.open_storage(storage_url),
@@ -288,7 +288,8 @@ class Orchestrator:
 
     def _dispatch(self, handle: WorkerHandle) -> None:
         trial = self.study.ask()
-        for key, value in study_mod.owner_attrs().items():
+        slot = {records.ATTR_SLOT: f"{handle.slot.label} #{handle.slot.index}"}  # the report's timeline rows
+        for key, value in (study_mod.owner_attrs() | slot).items():
             trial.set_user_attr(key, value)
         handle.trial_id, handle.trial_number = records.trial_id(trial), trial.number
         handle.tasks.put(handle.trial_id)

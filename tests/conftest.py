@@ -150,3 +150,42 @@ def mlflow_server(tmp_path):
     servers = MlflowServers(tmp_path)
     yield servers
     servers.close()
+
+
+# A finished search to look at (report, UI, registry, dashboard tests): trained once per test session,
+# copied into each test's own folder so that what a test writes there stays its own.
+FINISHED_SPACE = {
+    "study": {"name": "finished", "n_trials": 4, "sampler": {"name": "random", "seed": 11},
+              "pruner": {"name": "none"}},
+    "search_space": {
+        "lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def finished_study_template(tmp_path_factory) -> Path:
+    import shutil
+
+    from .support import run_cli
+
+    folder = tmp_path_factory.mktemp("finished-study")
+    space = merge(TINY_SPACE, FINISHED_SPACE)
+    space["train"] = {k: v for k, v in space["train"].items() if k != "optimizer"}
+    (folder / "finished.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    proc = run_cli("run", "finished.yaml", cwd=folder, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    shutil.rmtree(folder / "studies" / "finished" / "report", ignore_errors=True)  # each test makes its own
+    return folder
+
+
+@pytest.fixture
+def finished_study(finished_study_template, workdir) -> Path:
+    """The current folder holds a finished 4-trial study `finished` (space file finished.yaml,
+    journal in studies/, MLflow store in mlruns/): what a user has after `hpsearch run finished.yaml`."""
+    import shutil
+
+    shutil.copytree(finished_study_template, workdir, dirs_exist_ok=True)
+    return workdir

@@ -69,6 +69,10 @@ def test_validate_prints_the_resolved_space(capsys, write_space):
     assert code == 0, err
     assert "valid" in out and "sampler:" in out and "searching 2 hyperparameter(s)" in out
     assert "lr: float in [0.003, 0.03], log" in out
+    tpe = write_space({"study": {"n_trials": 40, "sampler": {"name": "tpe"}}}, name="tpe.yaml")
+    code, out, err = call(capsys, "validate", str(tpe))
+    assert code == 0, err
+    assert "# tpe: 10 random start-up trials of 40" in out
 
 
 def test_train_refuses_a_file_with_a_search_space(capsys, write_space):

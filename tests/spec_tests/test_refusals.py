@@ -14,6 +14,8 @@ from hpsearch.suggest import suggest
 from .helpers import BASE, DELETE, edited, refusal
 
 SGD_ADAMW = {"type": "categorical", "choices": ["sgd", "adamw"]}
+BLOCKS_REQUIRED = ("required when freeze is partial (how many of the last stages train): "
+                   "set it under train or search it")
 
 CASES = [
     # top level
@@ -142,6 +144,32 @@ CASES = [
     ("train.cuda_graphs", "on", "train.cuda_graphs: must be one of auto, off, got 'on'"),
     ("train.amp", True, "train.amp: must be one of auto, off, got True"),
     ("train", [], "train: must be a mapping, got a list"),
+    # train: fine-tuning (BASE trains mobilenet_v2, 19 stages, for 2 epochs)
+    ("train.freeze", "head", "train.freeze: must be one of none, backbone, partial, got 'head'"),
+    ("train.freeze", "partial", f"train.unfrozen_blocks: {BLOCKS_REQUIRED}"),
+    ("train.unfrozen_blocks", 20, "train.unfrozen_blocks: must be <= 19 (the stages mobilenet_v2 has), got 20"),
+    ("train.unfrozen_blocks", -1, "train.unfrozen_blocks: must be >= 0, got -1"),
+    ("train.unfreeze_epoch", 2, "train.unfreeze_epoch: must be < epochs (2), got 2"),
+    ("train.unfreeze_epoch", 0, "train.unfreeze_epoch: must be > 0, got 0"),
+    ("train.backbone_lr_scale", 0, "train.backbone_lr_scale: must be in (0, 1], got 0"),
+    ("train.backbone_lr_scale", 1.5, "train.backbone_lr_scale: must be in (0, 1], got 1.5"),
+    ("train.layer_decay", 0.0, "train.layer_decay: must be in (0, 1], got 0.0"),
+    # train: distillation (BASE has no teacher)
+    ("train.distill_alpha", 0.5, "train.distill_alpha: applies only with a teacher: set task.teacher, or remove it"),
+    ("train.distill_alpha", 1.5, "train.distill_alpha: must be in [0, 1], got 1.5"),
+    ("train.distill_temperature", 0, "train.distill_temperature: must be > 0, got 0"),
+    # task.teacher (the ones that need files: test_teacher_refusals.py)
+    ("task.teacher", "resnet50", "task.teacher: must be a mapping ({export: studies/<study>/best} or {model: NAME, weights: DEFAULT}), got 'resnet50'"),
+    ("task.teacher", {}, "task.teacher: required: export (a folder `hpsearch best --export` wrote) or model (a torchvision model, with weights)"),
+    ("task.teacher", {"export": "studies/x/best", "model": "resnet50"}, "task.teacher.model: an export names its own model and weights: give export, or model and weights, not both"),
+    ("task.teacher", {"export": ""}, "task.teacher.export: must be a non-empty string, got ''"),
+    ("task.teacher", {"model": "resnet50", "weigths": "DEFAULT"}, "task.teacher.weigths: unknown key 'weigths' (did you mean 'weights'?)"),
+    ("task.teacher", {"model": "resnt50"}, "task.teacher.model: unknown model 'resnt50' (did you mean 'resnet50'?)"),
+    ("task.teacher", {"model": "resnet50", "weights": "none"}, "task.teacher.weights: a teacher needs trained weights: DEFAULT, a weights name or a state_dict file, got none"),
+    ("task.teacher", {"model": "resnet50", "weights": "nope/r50.pt"}, "task.teacher.weights: file not found: nope/r50.pt"),
+    # the class count of torchvision's weights comes from their meta: nothing is downloaded
+    ("task.teacher", {"model": "resnet50"}, "task.teacher.weights: resnet50 with weights DEFAULT predicts 1000 classes; the task (fake) has 10"),
+    ("task.teacher", {"model": "resnet50", "weights": "IMAGENET1K_V1"}, "task.teacher.weights: resnet50 with weights IMAGENET1K_V1 predicts 1000 classes; the task (fake) has 10"),
     # search_space: names and entries
     ("search_space.lern_rate", {"type": "float"}, "search_space.lern_rate: unknown hyperparameter 'lern_rate' (did you mean 'lr'?)"),
     ("search_space.cuda_graphs", SGD_ADAMW, "search_space.cuda_graphs: is a setting, not a hyperparameter: set it under train"),
@@ -183,6 +211,23 @@ CASES = [
     ("search_space.dropout", {"type": "float", "low": 0.0, "high": 0.5, "step": 0.3},
      "search_space.dropout.step: high - low must be a multiple of step, got low=0.0, high=0.5, step=0.3"),
     ("search_space.lr.step", 0.01, "search_space.lr.step: cannot be combined with log: true"),
+    # search_space: fine-tuning ranges and choices, every value checked
+    ("search_space.unfrozen_blocks", {"type": "int", "low": 1, "high": 25},
+     "search_space.unfrozen_blocks.high: must be <= 19 (the stages mobilenet_v2 has), got 25"),
+    ("search_space.unfrozen_blocks", {"type": "categorical", "choices": [2, 30]},
+     "search_space.unfrozen_blocks.choices[1]: must be <= 19 (the stages mobilenet_v2 has), got 30"),
+    ("search_space.unfreeze_epoch", {"type": "int", "low": 1, "high": 3},
+     "search_space.unfreeze_epoch.high: must be < epochs (2), got 3"),
+    ("search_space.freeze", {"type": "categorical", "choices": ["none", "partial"]},
+     f"train.unfrozen_blocks: {BLOCKS_REQUIRED}"),
+    ("search_space.layer_decay", {"type": "float", "low": 0.5, "high": 1.2},
+     "search_space.layer_decay.high: must be in (0, 1], got 1.2"),
+    ("search_space.backbone_lr_scale", {"type": "float", "low": 0.0, "high": 1.0, "log": False},
+     "search_space.backbone_lr_scale.low: must be in (0, 1], got 0.0"),
+    ("search_space.distill_alpha", {"type": "float", "low": 0.0, "high": 1.5},
+     "search_space.distill_alpha.high: must be in [0, 1], got 1.5"),
+    ("search_space.distill_temperature", {"type": "float", "low": 1.0, "high": 8.0},
+     "search_space.distill_temperature: applies only with a teacher: set task.teacher, or remove it"),
     # search_space: choices
     ("search_space.optimizer.choices", [], "search_space.optimizer.choices: must be a non-empty list, got []"),
     ("search_space.optimizer.choices", "sgd", "search_space.optimizer.choices: must be a non-empty list, got 'sgd'"),
@@ -363,10 +408,55 @@ def test_fixed_spec_refuses_plateau_with_a_gamma_of_one():
     assert str(info.value) == f"train.gamma: {PLATEAU_GAMMA} 1.0"
 
 
-def test_validate_command_refuses_plateau_with_a_gamma_of_one(tmp_path, capsys):
+@pytest.mark.parametrize(("fields", "line"), [
+    pytest.param(dict(train__scheduler="plateau", train__gamma=1.0), f"train.gamma: {PLATEAU_GAMMA} 1.0",
+                 id="plateau-with-gamma-1"),
+    pytest.param(dict(train__freeze="partial", train__unfrozen_blocks=25),
+                 "train.unfrozen_blocks: must be <= 19 (the stages mobilenet_v2 has), got 25", id="unfrozen-blocks"),
+])
+def test_validate_command_refuses_with_one_line(tmp_path, capsys, fields, line):
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump(with_fields(train__scheduler="plateau", train__gamma=1.0)))
+    path.write_text(yaml.safe_dump(with_fields(**fields)))
     with pytest.raises(SystemExit) as exc:
         main(["validate", str(path)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.strip().splitlines() == [f"error: train.gamma: {PLATEAU_GAMMA} 1.0"]
+    assert exc.value.code == 2 and err.strip().splitlines() == [f"error: {line}"]
+
+
+PARTIAL_OR_BACKBONE = {"type": "categorical", "choices": ["backbone", "partial"]}
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    # epochs searched: unfreeze_epoch must come before the fewest
+    (dict(train__epochs=DELETE, search_space__epochs={"type": "int", "low": 3, "high": 6}, train__unfreeze_epoch=3),
+     "train.unfreeze_epoch: must be < epochs (3 at the fewest, search_space.epochs.low), got 3"),
+    # searched only for other freeze modes: a partial trial would have none
+    (dict(search_space__freeze=PARTIAL_OR_BACKBONE,
+          search_space__unfrozen_blocks={"type": "int", "low": 1, "high": 4, "when": {"freeze": "backbone"}}),
+     f"train.unfrozen_blocks: {BLOCKS_REQUIRED}"),
+    # searched when freeze is partial, but freeze itself can fall back to train's partial, where it is not searched
+    (dict(train__freeze="partial", search_space__freeze={**PARTIAL_OR_BACKBONE, "when": {"optimizer": "sgd"}},
+          search_space__unfrozen_blocks={"type": "int", "low": 1, "high": 4, "when": {"freeze": "partial"}}),
+     f"train.unfrozen_blocks: {BLOCKS_REQUIRED}"),
+])
+def test_finetuning_refusals_across_fields(fields, message):
+    data = with_fields(**{k: v for k, v in fields.items() if v is not DELETE})
+    for path in (k for k, v in fields.items() if v is DELETE):
+        section, key = path.split("__")
+        del data[section][key]
+    assert refusal(data) == message
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param(dict(train__freeze="partial", train__unfrozen_blocks=19, train__unfreeze_epoch=1), id="fixed"),
+    pytest.param(dict(search_space__freeze=PARTIAL_OR_BACKBONE,
+                      search_space__unfrozen_blocks={"type": "int", "low": 0, "high": 19, "when": {"freeze": "partial"}}),
+                 id="searched-when-partial"),
+    pytest.param(dict(train__epochs=4, search_space__unfreeze_epoch={"type": "int", "low": 1, "high": 3},
+                      search_space__layer_decay={"type": "float", "low": 0.5, "high": 1.0},
+                      search_space__backbone_lr_scale={"type": "float", "low": 0.01, "high": 1.0, "log": True}),
+                 id="searched-rates"),
+])
+def test_finetuning_values_every_trial_can_train_with_are_accepted(fields):
+    spec = parse_spec(with_fields(**fields))
+    assert fixed_spec(spec, {}).train == spec.train

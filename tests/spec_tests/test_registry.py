@@ -34,6 +34,20 @@ def test_sampler_is_configured_as_written():
     assert sampler._n_startup_trials == 4
 
 
+@pytest.mark.parametrize(("n_trials", "startup"), [(8, 5), (12, 5), (20, 5), (24, 6), (40, 10), (200, 10)])
+def test_tpe_starts_with_a_quarter_of_the_budget_at_random_unless_told(n_trials, startup):
+    data = edited("study.sampler", {"name": "tpe", "seed": 3})
+    data["study"]["n_trials"] = n_trials
+    spec = parse_spec(data)
+    sampler = registry.study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
+    assert sampler._sampler(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))._n_startup_trials \
+        == startup
+    told = parse_spec(edited("study.sampler", {"name": "tpe", "n_startup_trials": 7}))
+    told_sampler = registry.study_sampler(told.study.sampler, told.search_space, n_trials)
+    assert told_sampler._sampler(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))._n_startup_trials \
+        == 7
+
+
 def _first_value(sampler) -> float:
     study = optuna.create_study(sampler=sampler)
     trial = study.ask()
@@ -74,7 +88,7 @@ def test_a_search_reproduces_from_the_study_seed_whichever_worker_samples():
 
     def worker(storage, create: bool) -> optuna.Study:
         make = optuna.create_study if create else optuna.load_study
-        return make(study_name="s", storage=storage, sampler=registry.study_sampler(spec, {}))
+        return make(study_name="s", storage=storage, sampler=registry.study_sampler(spec, {}, 20))
 
     alone = _search([worker(optuna.storages.InMemoryStorage(), True)], 12)
     again = _search([worker(optuna.storages.InMemoryStorage(), True)], 12)
@@ -83,7 +97,7 @@ def test_a_search_reproduces_from_the_study_seed_whichever_worker_samples():
     three = _search([worker(storage, True), worker(storage, False), worker(storage, False)], 12)
     assert three == alone  # three workers in turn sample what one would: the startup trials are the seed's
     other_seed = SamplerSpec("tpe", {"seed": 6, "n_startup_trials": 4})
-    different = _search([optuna.create_study(sampler=registry.study_sampler(other_seed, {}))], 12)
+    different = _search([optuna.create_study(sampler=registry.study_sampler(other_seed, {}, 20))], 12)
     assert different != alone
 
 
