@@ -87,24 +87,40 @@ def test_an_unreachable_tracking_server_error_never_shows_its_password(write_spa
     assert study.user_attrs["hpsearch.tracking_uri"] == "http://127.0.0.1:9/"
 
 
-def test_ui_banner_and_command_line_hide_the_password(capsys, monkeypatch):
+def test_ui_banner_and_command_line_hide_the_password(capsys, monkeypatch, workdir):
+    from hpsearch import ui
     from hpsearch.cli import main
 
+    from .support import free_port
+
     store = f"postgresql://hps:{PASSWORD}@127.0.0.1:5432/mlflow"
-    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "")  # restored afterwards
     started = []
 
-    def execvp(file, argv):
-        started.append(argv)
-        raise SystemExit(0)
+    class ServerThatAnswersThenExits:
+        pid, returncode = 0, 0
 
-    monkeypatch.setattr(os, "execvp", execvp)
+        def poll(self):
+            return 0
+
+    real_popen = ui.subprocess.Popen
+
+    def popen(cmd, *args, **kwargs):
+        if cmd[1:3] != ["-m", "mlflow"]:  # anything else (e.g. a library's own helper) runs for real
+            return real_popen(cmd, *args, **kwargs)
+        started.append((cmd, kwargs["env"]))
+        return ServerThatAnswersThenExits()
+
+    # What `ps` would show (argv) and what the banner prints; the real server is tests/test_ui.py's.
+    monkeypatch.setattr(ui.subprocess, "Popen", popen)
+    monkeypatch.setattr(ui, "answers", lambda url: True)
+    monkeypatch.setattr(ui, "end_tree", lambda proc, hurry=None: None)
     with pytest.raises(SystemExit):
-        main(["ui", "--tracking-uri", store])
+        main(["ui", "--tracking-uri", store, "--port", str(free_port())])
     out, err = capsys.readouterr()
-    assert "postgresql://hps:***@127.0.0.1:5432/mlflow" in err
-    assert PASSWORD not in out + err + " ".join(started[0])  # `ps` shows argv: the store goes by environment
-    assert os.environ["MLFLOW_BACKEND_STORE_URI"] == store
+    assert "postgresql://hps:***@127.0.0.1:5432/mlflow" in out, err
+    cmd, env = started[0]
+    assert PASSWORD not in out + err + " ".join(cmd)  # the store goes by environment
+    assert env["MLFLOW_BACKEND_STORE_URI"] == store
 
 
 def assert_nowhere(secret: str, output: str, root: Path, mine: tuple[Path, ...] = ()) -> None:
