@@ -6,11 +6,10 @@ torch is imported inside the functions: the parent process, which only plans and
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from hpsearch import teacher_spec
-from hpsearch.params import DISTILL_HPARAMS, HParams
+from hpsearch.params import DISTILL_HPARAMS, TASK_CHOICES, HParams
 from hpsearch.spec import Spec
 
 if TYPE_CHECKING:
@@ -24,15 +23,10 @@ if TYPE_CHECKING:
 _TEACHERS: dict[tuple, Teacher] = {}
 
 
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """A per-trial seed derived from the study seed and the trial number (stable across machines)."""
-    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def trial_params(spec: Spec, searched: dict[str, Any]) -> dict[str, Any]:
-    """What the trial trains with: fixed values, then searched values (the spec refuses overlaps)."""
-    return {**spec.train, **searched}
+    """What the trial trains with: fixed values, then searched values (the spec refuses overlaps); a searched
+    model or image size is the task's (spec.with_task_choices), not a hyperparameter."""
+    return {**spec.train, **{k: v for k, v in searched.items() if k not in TASK_CHOICES}}
 
 
 def hparams_for(spec: Spec, searched: dict[str, Any]) -> HParams:
@@ -98,6 +92,25 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
         freeze=hp.freeze,
         unfrozen_blocks=hp.unfrozen_blocks,
     )
+
+
+def deployment_costs(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> dict[str, float]:
+    """What the trainer's best epoch's model costs to deploy (costs.COST_METRICS), measured on `device`: the
+    device it trained on, so a CPU search states CPU latency and a GPU search GPU latency. CPU latency is on
+    one thread: a worker's share of the cores, and whoever else spins on them, would otherwise decide it
+    (two threads on a busy core made MobileNetV3-Small 20x slower at batch 1)."""
+    import tempfile
+    from pathlib import Path
+
+    from hpsearch import costs
+
+    weights = trainer.best_state_dict_cpu()
+    assert weights is not None  # called for a trial that finished an epoch
+    # A fresh model with the best weights: no training hooks, captured graphs or compile wrappers in the timing.
+    model = build_model_for(spec, hp, trainer.data.num_classes)
+    model.load_state_dict(weights)
+    with tempfile.TemporaryDirectory(prefix="hpsearch-costs-") as tmp, costs.one_thread_on(device):
+        return costs.measure(model, trainer.data.image_size, device, Path(tmp) / "model.pt").as_dict()
 
 
 def build_trainer(spec: Spec, hp: HParams, device: str, seed: int) -> tuple[Trainer, TaskData]:

@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad input (file, field, option, unknown study); 1 a run
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -212,19 +213,20 @@ def status(space, study_name, storage, tracking_uri, fmt, sort, top):
     _print_table(study.study_name, flat, total)
 
 
-def _print_table(title: str, flat: list[dict], total: int | None = None) -> None:
+def _print_table(title: str, flat: list[dict], total: int | None = None, heading: str | None = None) -> None:
+    """A rich table of `flat` rows, titled "study TITLE: N trials" (or `heading`)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     # Text objects, never strings: rich reads a string as markup, and a fail reason like "[/x]" crashes it.
     shown = f"{len(flat)} of {total}" if total not in (None, len(flat)) else f"{len(flat)}"
-    table = Table(title=Text(f"study {title}: {shown} trials"), title_justify="left")
+    table = Table(title=Text(heading or f"study {title}: {shown} trials"), title_justify="left")
     columns = [c for c in (flat[0] if flat else {}) if c not in ("mlflow_run_id",)]
     for c in columns:
         table.add_column(Text(c.replace("params.", "")), overflow="fold")
     for r in flat:
-        table.add_row(*[Text(_cell(r[c])) for c in columns])
+        table.add_row(*[Text(("*" if r[c] else "") if c == "pareto" else _cell(r.get(c))) for c in columns])
     Console(width=max(100, min(200, _terminal_width()))).print(table)
 
 
@@ -254,17 +256,31 @@ def _cell(v) -> str:
 @click.option("--register", "register_name", is_flag=False, flag_value="", default=None, metavar="[NAME]",
               help="Log the winner as an MLflow model and register it as a new version of NAME "
                    "(default NAME: the study's name).")
-def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device, register_name):
-    """The best trial: value, params, trial number, MLflow run id, checkpoint."""
-    from hpsearch.report import best_record
+@click.option("--trial", "trial_number", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Trial N instead of the winner (any COMPLETE trial: e.g. a point of a Pareto front).")
+def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device, register_name,
+         trial_number):
+    """The best trial (value, params, trial number, MLflow run id, checkpoint), or a multi-objective study's
+    Pareto front."""
+    from hpsearch.report import best_record, pareto_record, trial_record
 
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    if trial_number is None and len(study.directions) > 1:
+        wanted = [option for option, value in (("--export", export_dir), ("--evaluate", evaluate or None),
+                                               ("--register", register_name)) if value is not None]
+        if wanted:
+            raise UsageError(f"{wanted[0]}: study {study.study_name!r} has several objectives and no single winner: "
+                             "pick a trial of its Pareto front with --trial N")
+        _print_front(pareto_record(study, storage, uri), fmt)
+        return
     if register_name is not None:
         from hpsearch.model_registry import check_model_name
 
         register_name = register_name or study.study_name
         check_model_name(register_name)  # refuse before any work is done
-    record = best_record(study, storage, uri)  # its URLs are masked: `uri` is the real one
+    # Its URLs are masked: `uri` is the real one.
+    record = (best_record(study, storage, uri) if trial_number is None
+              else trial_record(study, trial_number, storage, uri))
     out = None
     if export_dir is not None:
         from hpsearch.export import check_export_dir, default_export_dir
@@ -286,8 +302,9 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
         click.echo(json.dumps(record, indent=2, default=str))
         return
     click.echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
-    click.echo(f"best trial   {record['trial_number']}")
-    click.echo(f"{record['metric'] or 'value':<12} {record['value']:.6g}")
+    click.echo(f"{'best trial' if trial_number is None else 'trial':<12} {record['trial_number']}")
+    for metric, value in (record.get("values") or {record["metric"] or "value": record["value"]}).items():
+        click.echo(f"{metric:<12} {value:.6g}")
     for k, v in record["params"].items():
         click.echo(f"  {k:<14} {v:.6g}" if isinstance(v, float) else f"  {k:<14} {v}")
     click.echo(f"mlflow run   {record['mlflow_run_id']}")
@@ -302,6 +319,88 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
         registered = record["registered"]
         click.echo(f"registered   {registered['model_uri']}  (model {registered['name']!r}, "
                    f"version {registered['version']})")
+
+
+@cli.command()
+@study_selector
+@click.option("--trial", "trial_number", type=click.IntRange(min=0), default=None, metavar="N",
+              help="The trial to compress (default: the best; a multi-objective study needs one).")
+@click.option("--prune", "prune_amount", type=float, default=0.0, show_default=True, metavar="AMOUNT",
+              help="Fraction of the Conv2d/Linear weights to zero (global magnitude pruning), in [0, 1).")
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default="none", show_default=True,
+              help="int8: post-training quantization for the CPU (calibrated on training images).")
+@click.option("--finetune-epochs", type=int, default=2, show_default=True, metavar="E",
+              help="Epochs of recovery after pruning, the masks on, at the trial's lr x 0.1.")
+@click.option("--device", default="auto", show_default=True, help="Where the fine-tune runs: auto | cpu | cuda.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the trial's export with the compressed model beside model.pt "
+                   "(default: studies/<study>/compressed/trial-<N>/).")
+@click.option("--force", is_flag=True, help="Replace the files of an --out folder that is not empty.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def compress(space, study_name, storage, tracking_uri, trial_number, prune_amount, quantize, finetune_epochs, device,
+             out_dir, force, fmt):
+    """Prune, fine-tune and quantize a trial's model, and measure accuracy, size and latency before and after."""
+    from hpsearch.compress_trial import CompressOptions
+    from hpsearch.compress_trial import compress as compress_model
+    from hpsearch.export import check_export_dir, export_best
+    from hpsearch.report import best_record, trial_record
+    from hpsearch.retrain import pick_device
+
+    options = CompressOptions(prune_amount, quantize, finetune_epochs, "cpu")
+    options.check()  # before the study is opened
+    study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    if trial_number is None and len(study.directions) > 1:
+        raise UsageError(f"--trial: study {study.study_name!r} has several objectives and no single winner: "
+                         "pick a trial of its Pareto front (`hpsearch best` lists it)")
+    record = (best_record(study, storage, uri) if trial_number is None
+              else trial_record(study, trial_number, storage, uri))
+    default_out = Path("studies") / study.study_name / "compressed" / f"trial-{record['trial_number']}"
+    out = Path(out_dir) if out_dir else default_out
+    check_export_dir(out, force)
+    options = dataclasses.replace(options, device=pick_device(device))
+    export_best(study, record, out, uri, force=force)  # best.yaml, model.pt, trial.json: the trial as it trained
+    def say(line: str) -> None:
+        if fmt != "json":  # the JSON alone on stdout
+            click.echo(line)
+
+    result = compress_model(study, record, uri, options, out, on_step=say)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_compression(result)
+
+
+def _print_compression(result: dict) -> None:
+    rows = []
+    for key, label in (("val_accuracy", "val accuracy"), ("test_accuracy", "test accuracy"),
+                       ("latency_ms", f"latency ms (cpu, batch 1, {result['threads']} thread(s))"),
+                       ("params_m", "params (M, non-zero)"), ("size_mb", "file (MB)")):
+        before, after, ratio = result["before"][key], result["after"][key], result["ratios"][key]
+        rows.append({"": label, "before": before, "after": after, "after/before": ratio})
+    steps = [f"pruned {result['prune']:.0%}" if result["prune"] else None,
+             f"fine-tuned {result['finetune_epochs']} epoch(s)" if result["finetune_epochs"] else None,
+             "int8" if result["quantize"] == "int8" else None]
+    _print_table(result["study_name"], rows, heading=f"study {result['study_name']}, trial {result['trial_number']} "
+                 f"({result['model']}): {', '.join(s for s in steps if s)}")
+    click.echo(f"written: {', '.join(result['written'])} (beside the trial's best.yaml and model.pt)")
+    if result.get("mlflow_run_id"):
+        click.echo(f"mlflow run {result['mlflow_run_id']} (a child of trial {result['trial_number']}'s run)")
+
+
+def _print_front(record: dict, fmt: str) -> None:
+    """A multi-objective study's Pareto front: one row per trial, its values then its params."""
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    goals = ", ".join(f"{o['metric']} ({o['direction']})" for o in record["objectives"])
+    click.echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
+    click.echo(f"objectives   {goals}")
+    names = list(dict.fromkeys(k for p in record["pareto"] for k in p["params"]))  # conditional ones too
+    rows = [{"number": p["number"], **p["values"], **{f"params.{k}": p["params"].get(k) for k in names}}
+            for p in record["pareto"]]
+    _print_table(f"{record['study_name']} Pareto front", rows)
+    click.echo("Hand back one point with `hpsearch best --trial N --export`; make it smaller with "
+               "`hpsearch compress --trial N --prune 0.5 --quantize int8`.")
 
 
 def _evaluate_best(study, record, device, uri: str) -> dict:

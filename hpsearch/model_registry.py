@@ -46,11 +46,12 @@ def register_best(study: optuna.Study, record: dict[str, Any], tracking_uri: str
     import torch
 
     from hpsearch.export import spec_of_study
+    from hpsearch.spec import with_task_choices
 
     check_model_name(name)
     if not record.get("checkpoint") and not record.get("checkpoint_local"):
         raise UsageError(f"--register: {record['checkpoint_note']}")
-    spec = spec_of_study(study)
+    spec = with_task_choices(spec_of_study(study), record["params"])  # the winner's backbone and input size
     with tempfile.TemporaryDirectory() as tmp:
         path = record["checkpoint_local"] or tracking.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
         state = torch.load(path, map_location="cpu", weights_only=True)

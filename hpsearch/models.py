@@ -423,3 +423,16 @@ def set_train_mode(model: nn.Module) -> None:
     if frozen:  # a frozen member holding the head (a model whose head is nested) must not take it along
         for name in _head_modules(model):
             model.get_submodule(name).train()
+
+
+def input_problem(name: str, image_size: int) -> str | None:
+    """Why `name` cannot take image_size × image_size images (too small for its pooling, or not the one size a
+    vision transformer takes), or None; found by a forward pass on the meta device: no memory, no compute."""
+    model = skeleton(name).to("meta").eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, 3, image_size, image_size, device="meta"))
+    except Exception as e:  # whatever the architecture refuses the shape with
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+    return None

@@ -18,11 +18,12 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import records
-from hpsearch.builders import build_trainer, hparams_for, run_params, trial_seed
+from hpsearch.builders import build_trainer, deployment_costs, hparams_for, run_params
 from hpsearch.interrupts import GUARD, Interrupted
 from hpsearch.params import HParams
 from hpsearch.records import EpochEnded, FailureKind, TrialEnded, TrialStarted, WorkerEvent
-from hpsearch.spec import Spec
+from hpsearch.registry import trial_seed
+from hpsearch.spec import Spec, with_task_choices
 from hpsearch.suggest import suggest
 from hpsearch.tracking import TrialRun
 
@@ -77,9 +78,11 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
     run: TrialRun | None = None
     trainer: Trainer | None = None
     state, value, reason, failure = "FAIL", None, None, FailureKind.ERROR
+    values: list[float] | None = None  # a multi-objective study's, in the order of spec.study.targets
     hp = None
     try:
         searched = suggest(trial, spec.search_space, spec.train)
+        spec = with_task_choices(spec, searched)  # this trial's backbone and input size, when searched
         hp = hparams_for(spec, searched)
         run = TrialRun.start(
             context.client, context.experiment_id, context.parent_run_id, spec.study.name, number, run_params(spec, hp)
@@ -94,6 +97,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
         on_epoch = _epoch_hook(context, trial, run, hp.epochs)
         trainer.fit(on_epoch)
         state, value = "COMPLETE", trainer.best_value
+        if spec.study.multi and value is not None:
+            values = _objective_values(spec, hp, trainer, run, context.device)
     except optuna.TrialPruned:
         state, value = "PRUNED", trainer.best_value if trainer is not None else None
     except NonFiniteLoss as exc:
@@ -109,7 +114,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
             reason = f"{reason}\n{tb}" if tb else reason
     finally:
         with GUARD.critical_section():
-            state, reason, failure = _close_trial(context, trial, run, trainer, state, value, reason, failure)
+            state, reason, failure = _close_trial(context, trial, run, trainer, state, values or value, reason,
+                                                  failure)
     outcome = TrialOutcome(number, state, value, reason)
     context.on_event(TrialEnded(number, state, value, reason, failure if state == "FAIL" else None))
     if failure is FailureKind.INTERRUPTED or GUARD.pending:
@@ -119,22 +125,37 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
 
 def _epoch_hook(context: TrialContext, trial: optuna.Trial, run: TrialRun, epochs: int
                 ) -> Callable[[EpochStats], None]:
-    """Per epoch: log the metrics, report the study's metric, tell the live view, prune if Optuna says so."""
-    metric = context.spec.study.metric
+    """Per epoch: log the metrics, report the study's metric, tell the live view, prune if Optuna says so
+    (not in a multi-objective study: Optuna neither takes its intermediate values nor prunes it)."""
+    metric, single = context.spec.study.metric, not context.spec.study.multi
 
     def on_epoch(stats: EpochStats) -> None:
         metrics = stats.as_dict()
         run.log_epoch(stats.epoch, metrics)
-        trial.report(metrics[metric], stats.epoch)
+        if single:
+            trial.report(metrics[metric], stats.epoch)
+        else:
+            trial.set_user_attr(records.ATTR_EPOCHS, stats.epoch)
         context.on_event(EpochEnded(trial.number, stats.epoch, epochs, metrics))
-        if trial.should_prune():
+        if single and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
 
     return on_epoch
 
 
+def _objective_values(spec: Spec, hp: HParams, trainer: Trainer, run: TrialRun, device: str) -> list[float]:
+    """A multi-objective trial's values: its epoch metrics at the best epoch (the one its checkpoint keeps) and,
+    when an objective asks, what the best epoch's model costs to deploy (measured now, logged to its run)."""
+    best = trainer.history[(trainer.best_epoch or len(trainer.history)) - 1].as_dict()
+    if spec.study.cost_metrics:
+        costs = deployment_costs(spec, hp, trainer, device)
+        run.log_metrics(costs)
+        best.update(costs)
+    return [best[o.metric] for o in spec.study.targets]
+
+
 def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | None, trainer: Trainer | None,
-                 state: str, value: float | None, reason: str | None, failure: FailureKind
+                 state: str, value: float | list[float] | None, reason: str | None, failure: FailureKind
                  ) -> tuple[str, str | None, FailureKind]:
     """Checkpoint (per policy), close the MLflow run, tell Optuna, free the device memory.
 

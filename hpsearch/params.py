@@ -19,8 +19,19 @@ AUGMENTS = ("standard", "none")
 METRICS = ("val_accuracy", "val_loss", "train_loss")
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second")
 DIRECTIONS = ("maximize", "minimize")
+# What a trained model costs to deploy, measured once at a trial's end when an objective asks for it (costs.py).
+COST_METRICS = ("latency_ms", "params_m", "size_mb")
+OBJECTIVE_METRICS = METRICS + COST_METRICS
+# Task settings a search space may search too (categorical only): a trial trains the chosen backbone at the
+# chosen input size (spec.with_task_choices); they are not hyperparameters of the trainer.
+TASK_CHOICES: dict[str, type] = {"model": str, "image_size": int}
 CHECKPOINT_POLICIES = ("complete", "all", "none")
 CUDA_GRAPH_MODES = ("auto", "off")
+
+
+def natural_direction(metric: str) -> str:
+    """The only sensible direction for an objective: accuracy up, losses and costs down."""
+    return "maximize" if metric == "val_accuracy" else "minimize"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ ATTR_OWNER_START = "hpsearch.owner_started"
 ATTR_WORKER_PID = "hpsearch.worker_pid"
 ATTR_SLOT = "hpsearch.slot"  # the device slot that ran it: "cuda:0 #1" (its device, then its slot index)
 ATTR_HEARTBEAT = "hpsearch.heartbeat"
+ATTR_EPOCHS = "hpsearch.epochs"  # epochs done, where Optuna keeps no intermediate values (multi-objective trials)
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_FAILURE = "hpsearch.fail_kind"  # a FailureKind value
 ATTR_RETRY_OF = "hpsearch.retry_of"

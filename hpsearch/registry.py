@@ -9,8 +9,10 @@ constructors store a bad value silently and fail only later, mid-search.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,7 +50,11 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
     "grid": optuna.samplers.GridSampler,
+    # Multi-objective evolutionary samplers (they take one objective too).
+    "nsgaii": optuna.samplers.NSGAIISampler,
+    "nsgaiii": optuna.samplers.NSGAIIISampler,
 }
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)  # refused for study.objectives
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "hyperband": optuna.pruners.HyperbandPruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
@@ -179,21 +185,32 @@ def grid_search_space(search_space: dict[str, ParamSpec]) -> dict[str, list[Any]
     return grid
 
 
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial, hashed from the study seed and the trial number (stable across machines):
+    the trial's sampler draws with it and its training starts from it. Hashed rather than added: with
+    `seed + n`, study seed 1's trial 0 would replay seed 0's trial 1, and searches "with other seeds"
+    would share most of their samples."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF  # numpy and torch both take it
+
+
 def build_sampler(
-    sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec], seed_offset: int = 0
+    sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec], trial_number: int | None = None
 ) -> optuna.samplers.BaseSampler:
-    """The sampler a spec names. `seed_offset` is added to the seed so that parallel workers, which all
-    build the same sampler, don't draw identical first samples."""
+    """The sampler a spec names. With `trial_number`, the spec's seed is replaced by that trial's seed
+    (trial_seed), so that each trial draws its own reproducible values."""
     kwargs = dict(sampler_spec.kwargs)
-    if kwargs.get("seed") is not None:
-        kwargs["seed"] = (kwargs["seed"] + seed_offset) % 2**32  # numpy seeds live in [0, 2**32)
+    if kwargs.get("seed") is not None and trial_number is not None:
+        kwargs["seed"] = trial_seed(kwargs["seed"], trial_number)
     if sampler_spec.name == "grid":
         kwargs["search_space"] = grid_search_space(search_space)
     if sampler_spec.name == "tpe":
         # Parallel workers: a RUNNING trial counts as a poor result, so workers spread out instead of
         # sampling next to each other (Optuna 5's default too; said here so that it stays so).
         kwargs.setdefault("constant_liar", True)
-    return SAMPLERS[sampler_spec.name](**kwargs)
+    with warnings.catch_warnings():  # built once per trial: NSGA-III's "experimental" would repeat every time
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[sampler_spec.name](**kwargs)
 
 
 # Samplers whose sequence is coordinated through the study's storage: one seed for the whole study.
@@ -221,7 +238,7 @@ def study_sampler(sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec],
                   n_trials: int) -> optuna.samplers.BaseSampler:
     """The sampler every process of a study uses: reproducible trial by trial, whoever runs the trial.
 
-    Each trial samples with the spec's seed plus its trial number (TrialSeededSampler), so a search
+    Each trial samples with a seed derived from the spec's seed and its trial number (TrialSeededSampler), so a search
     with one worker reproduces exactly from the study seed, and with K workers trial n draws what it
     would draw with one (its startup trials are the study seed's, not K separate random streams).
     What TPE learned comes from the study's trials, RUNNING ones included (constant liar), not from
@@ -230,7 +247,7 @@ def study_sampler(sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec],
     sampler_spec = with_defaults(sampler_spec, search_space, n_trials)
     if sampler_spec.name in _STUDY_SEEDED:
         return build_sampler(sampler_spec, search_space)
-    return TrialSeededSampler(lambda number: build_sampler(sampler_spec, search_space, seed_offset=number))
+    return TrialSeededSampler(lambda number: build_sampler(sampler_spec, search_space, trial_number=number))
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):

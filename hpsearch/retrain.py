@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch import records, tracking
-from hpsearch.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params, trial_seed
+from hpsearch.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params
 from hpsearch.errors import UsageError
-from hpsearch.spec import Spec
+from hpsearch.registry import trial_seed
+from hpsearch.spec import Spec, with_task_choices
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -108,6 +109,7 @@ def evaluate_checkpoint(spec: Spec, params: dict[str, Any], checkpoint: Path, de
 
     from hpsearch.train import TrainSettings, evaluate
 
+    spec = with_task_choices(spec, params)
     hp = hparams_for(spec, params)
     task_data = load_task_data(spec, device)
     model = build_model_for(spec, hp, task_data.num_classes, weights="none")

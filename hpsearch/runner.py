@@ -66,7 +66,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     if interactive is not None:
         live.interactive = interactive
     best_value = best_trial = None
-    if counts[TrialState.COMPLETE]:
+    if counts[TrialState.COMPLETE] and not spec.study.multi:
         best_value, best_trial = study.best_trial.value, study.best_trial.number
     if finished < n:
         click.echo(
@@ -92,6 +92,8 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     tail = ""
     if summary.best_trial is not None:
         tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
+    elif summary.pareto_front:
+        tail = f"; Pareto front: trial(s) {', '.join(map(str, summary.pareto_front))} (`hpsearch best` shows it)"
     click.echo(
         f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
         f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
@@ -120,8 +122,10 @@ def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTrac
                                 "the close of trial runs left open", wait_for=tracking.drain_seconds())
     except Exception as exc:
         lost.append(f"the close of trial runs left open, if any ({tracking.short_reason(exc)})")
-    best = {}
-    if study_mod.count_states(study)[TrialState.COMPLETE]:
+    best: dict[str, float | None] = {}
+    if spec.study.multi:
+        best = {"pareto_front_size": len(study_mod.pareto_front(study))}
+    elif study_mod.count_states(study)[TrialState.COMPLETE]:
         best = {f"best_{spec.study.metric}": study.best_trial.value}
     tracker.close_parent(parent_run_id, best)
     left = tracking.drain(
@@ -181,6 +185,8 @@ def _parent_params(spec: Spec) -> dict[str, object]:
         "test_fraction": "official" if spec.task.data.held_out_test is None else spec.task.data.held_out_test,
         "metric": spec.study.metric,
         "direction": spec.study.direction,
+        **({"objectives": ",".join(f"{o.metric}:{o.direction}" for o in spec.study.objectives)}
+           if spec.study.multi else {}),
         "n_trials": spec.study.n_trials,
         "sampler": spec.study.sampler.name,
         "pruner": spec.study.pruner.name,

@@ -9,7 +9,7 @@ from typing import Any
 
 from hpsearch import checks
 from hpsearch.checks import HPARAM_DEFAULTS, SpecError, shown
-from hpsearch.params import HPARAM_TYPES, TRAIN_SETTINGS, check_hparam_value
+from hpsearch.params import HPARAM_TYPES, TASK_CHOICES, TRAIN_SETTINGS, check_hparam_value
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -60,7 +60,10 @@ def parse_search_space(raw: Any, train: dict) -> dict[str, ParamSpec]:
         at = f"search_space.{name}"
         if name in TRAIN_SETTINGS:
             raise SpecError(at, "is a setting, not a hyperparameter: set it under train")
-        checks.hparam_name(name, at)
+        if name in TASK_CHOICES:
+            space[name] = _parse_task_choice(name, entry, at)
+            continue
+        checks.hparam_name(name, at, also=tuple(TASK_CHOICES))
         space[name] = _parse_param(name, entry, at)
     for p in space.values():
         for cond, values in (p.when or {}).items():
@@ -126,6 +129,32 @@ def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
     if param_type == "float":
         low, high, step = float(low), float(high), None if step is None else float(step)
     return ParamSpec(name, param_type, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_task_choice(name: str, entry: Any, at: str) -> ParamSpec:
+    """`model` or `image_size` searched: a categorical list of model names or of sizes (what each name or size
+    can be, and whether each model takes each size, is checked with the task in spec.py)."""
+    if not isinstance(entry, dict):
+        raise SpecError(at, f"must be a mapping with type: categorical and choices (to fix it, set task."
+                            f"{'model.name' if name == 'model' else 'data.image_size'}), got {shown(entry)}")
+    if entry.get("type") != "categorical":
+        raise SpecError(f"{at}.type", f"{name} is searched among listed choices: use categorical, got "
+                                      f"{shown(entry.get('type'))}")
+    checks.check_keys(entry, ("type", "choices", "when"), at)
+    raw = entry.get("choices")
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"{at}.choices", f"must be a non-empty list, got {shown(raw)}")
+    wanted = TASK_CHOICES[name]
+    choices: list[Any] = []
+    for i, value in enumerate(raw):
+        if type(value) is not wanted:
+            what = "a torchvision model name" if wanted is str else "a whole number of pixels"
+            raise SpecError(f"{at}.choices[{i}]", f"must be {what}, got {shown(value)}")
+        if value in choices:
+            raise SpecError(f"{at}.choices[{i}]", f"{shown(value)} is already choices[{choices.index(value)}]")
+        choices.append(value)
+    when = _parse_when(entry["when"], f"{at}.when") if "when" in entry else None
+    return ParamSpec(name, "categorical", choices=tuple(choices), when=when)
 
 
 def _choices(name: str, raw: Any, path: str) -> tuple:

@@ -13,7 +13,7 @@ Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` 
   Unless the file says, TPE's n_startup_trials follows n_trials (registry.tpe_startup_trials; the
   file's values are kept as written, so a study resumed with more trials starts more at random).
 - pruner: median with n_warmup_steps 2. Steps are epochs completed (1-based), so this never
-  judges a trial on its first epoch alone.
+  judges a trial on its first epoch alone. With study.objectives: none (Optuna cannot prune those).
 - task.model.weights: DEFAULT (a fine-tuning tool starts from pretrained weights).
 """
 
@@ -32,14 +32,24 @@ from hpsearch import checks, registry, strict_yaml
 from hpsearch.checks import SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
 from hpsearch.finetune_checks import check_finetuning
-from hpsearch.params import CHECKPOINT_POLICIES, CUDA_GRAPH_MODES, DIRECTIONS, METRICS, TRAIN_SETTINGS
+from hpsearch.params import (
+    CHECKPOINT_POLICIES,
+    COST_METRICS,
+    CUDA_GRAPH_MODES,
+    DIRECTIONS,
+    METRICS,
+    OBJECTIVE_METRICS,
+    TASK_CHOICES,
+    TRAIN_SETTINGS,
+    natural_direction,
+)
 from hpsearch.registry import PrunerSpec, SamplerSpec
 from hpsearch.space import ParamSpec, check_plateau_gamma, parse_search_space
 from hpsearch.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
 __all__ = [
-    "DataConfig", "ModelSpec", "ParamSpec", "PrunerSpec", "ResourcesSpec", "SamplerSpec", "Spec", "SpecError",
-    "StudySpec", "TaskSpec", "TeacherSpec", "TrackingSpec", "apply_overrides", "fixed_spec", "load_spec",
+    "DataConfig", "ModelSpec", "Objective", "ParamSpec", "PrunerSpec", "ResourcesSpec", "SamplerSpec", "Spec",
+    "SpecError", "StudySpec", "TaskSpec", "TeacherSpec", "TrackingSpec", "apply_overrides", "fixed_spec", "load_spec",
     "parse_duration", "parse_spec",
 ]
 
@@ -47,7 +57,16 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Objective:
+    metric: str  # params.OBJECTIVE_METRICS
+    direction: Literal["maximize", "minimize"]  # its natural direction (params.natural_direction)
+
+
+@dataclass(frozen=True)
 class StudySpec:
+    """`metric`/`direction` is what training selects its best epoch (and checkpoint) by: the study's one
+    objective, or the first epoch metric among `objectives` in a multi-objective study."""
+
     name: str
     metric: str
     direction: Literal["maximize", "minimize"]
@@ -56,10 +75,25 @@ class StudySpec:
     sampler: SamplerSpec
     pruner: PrunerSpec
     storage: str | None
+    objectives: tuple[Objective, ...] = ()  # two or three in a multi-objective study; () for one
 
     @property
     def seed(self) -> int:
         return self.sampler.kwargs.get("seed", 0)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def targets(self) -> tuple[Objective, ...]:
+        """Every objective, in the order of a trial's values (one for a single-objective study)."""
+        return self.objectives or (Objective(self.metric, self.direction),)
+
+    @property
+    def cost_metrics(self) -> tuple[str, ...]:
+        """The deployment costs a trial must measure at its end (none unless an objective asks)."""
+        return tuple(o.metric for o in self.targets if o.metric in COST_METRICS)
 
 
 @dataclass(frozen=True)
@@ -105,8 +139,8 @@ class Spec:
         return {
             "study": {
                 "name": s.name,
-                "metric": s.metric,
-                "direction": s.direction,
+                **({"objectives": [dataclasses.asdict(o) for o in s.objectives]} if s.multi
+                   else {"metric": s.metric, "direction": s.direction}),
                 "n_trials": s.n_trials,
                 "timeout": s.timeout,
                 "sampler": {"name": s.sampler.name, **s.sampler.kwargs},
@@ -183,10 +217,13 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
     train, settings = _parse_train(data.get("train"))
     search_space = parse_search_space(data.get("search_space"), train)
     check_plateau_gamma(train, search_space)
-    check_finetuning(train, search_space, task.model.name)
+    _check_task_choices(task, search_space)
+    for model in _choices_of("model", search_space, task.model.name):
+        check_finetuning(train, search_space, model)
     check_distillation(train, search_space, task.teacher)
     if task.teacher is not None:
-        check_teacher(task.teacher, task.data)
+        for size in _choices_of("image_size", search_space, task.data.image_size):
+            check_teacher(task.teacher, dataclasses.replace(task.data, image_size=size))
     _probe(lambda: registry.build_sampler(study.sampler, search_space), "study.sampler")
     return Spec(
         study=study,
@@ -239,8 +276,23 @@ def apply_overrides(
     return dataclasses.replace(spec, study=study, resources=resources, tracking=tracking)
 
 
+def with_task_choices(spec: Spec, params: dict[str, Any]) -> Spec:
+    """The spec a trial with `params` trains: a searched `model` or `image_size` (params.TASK_CHOICES) put in
+    task, where everything that builds data and models reads it. The spec itself when neither is in params."""
+    model, size = params.get("model"), params.get("image_size")
+    task = spec.task
+    if model is not None:
+        task = dataclasses.replace(task, model=dataclasses.replace(task.model, name=model))
+    if size is not None:
+        task = dataclasses.replace(task, data=dataclasses.replace(task.data, image_size=size))
+    return spec if task is spec.task else dataclasses.replace(spec, task=task)
+
+
 def fixed_spec(spec: Spec, values: dict[str, Any]) -> Spec:
-    """A copy that trains `values` (e.g. the best trial's params) merged into train, with nothing searched."""
+    """A copy that trains `values` (e.g. the best trial's params) merged into train (a chosen model or image
+    size into task), with nothing searched."""
+    spec = with_task_choices(spec, values)
+    values = {k: v for k, v in values.items() if k not in TASK_CHOICES}
     train = dict(spec.train)
     for name, value in values.items():
         at = f"train.{name}"
@@ -258,7 +310,8 @@ def fixed_spec(spec: Spec, values: dict[str, Any]) -> Spec:
 def _parse_study(raw: Any, source: str | None) -> StudySpec:
     path = "study"
     raw = checks.section(raw, path)
-    checks.check_keys(raw, ("name", "metric", "direction", "n_trials", "timeout", "sampler", "pruner", "storage"), path)
+    checks.check_keys(raw, ("name", "metric", "direction", "objectives", "n_trials", "timeout", "sampler", "pruner",
+                            "storage"), path)
     if "name" in raw:
         name = checks.study_name(raw["name"], "study.name")
     elif source is None:
@@ -270,11 +323,25 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         except SpecError:
             raise SpecError("study.name", f"the file's stem {checks.shown(stem)} is not a valid study name: "
                                           "set study.name") from None
-    metric = checks.one_of(raw.get("metric", "val_accuracy"), METRICS, "study.metric")
-    natural = "maximize" if metric == "val_accuracy" else "minimize"
-    direction = checks.one_of(raw.get("direction", natural), DIRECTIONS, "study.direction")
-    if direction != natural:
-        raise SpecError("study.direction", f"must be {natural} for {metric}, got {checks.shown(direction)}")
+    if "objectives" in raw:
+        objectives = _parse_objectives(raw, "study.objectives")
+        trained_by = next(o for o in objectives if o.metric in METRICS)
+        metric, direction = trained_by.metric, trained_by.direction
+        default_pruner = PrunerSpec("none", {})
+    else:
+        objectives = ()
+        metric = checks.one_of(raw.get("metric", "val_accuracy"), METRICS, "study.metric")
+        direction = _direction(metric, raw.get("direction"), "study.direction")
+        default_pruner = PrunerSpec("median", {"n_warmup_steps": 2})
+    pruner = _parse_pruner(raw.get("pruner"), "study.pruner", default_pruner)
+    sampler = _parse_sampler(raw.get("sampler"), "study.sampler")
+    if objectives and sampler.name in registry.SINGLE_OBJECTIVE_SAMPLERS:
+        multi = [n for n in registry.SAMPLERS if n not in registry.SINGLE_OBJECTIVE_SAMPLERS]
+        raise SpecError("study.sampler.name", f"{sampler.name} optimises one objective; with study.objectives use "
+                                              f"one of {', '.join(multi)}")
+    if objectives and pruner.name != "none":
+        raise SpecError("study.pruner", f"Optuna cannot prune multi-objective trials: use pruner: none (the default "
+                                        f"with study.objectives), got {checks.shown(pruner.name)}")
     timeout = raw.get("timeout")
     return StudySpec(
         name=name,
@@ -282,10 +349,48 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         direction=direction,
         n_trials=checks.positive_int(raw.get("n_trials", 20), "study.n_trials"),
         timeout=None if timeout is None else checks.duration(timeout, "study.timeout"),
-        sampler=_parse_sampler(raw.get("sampler"), "study.sampler"),
-        pruner=_parse_pruner(raw.get("pruner"), "study.pruner", PrunerSpec("median", {"n_warmup_steps": 2})),
+        sampler=sampler,
+        pruner=pruner,
         storage=None if raw.get("storage") is None else checks.text(raw["storage"], "study.storage"),
+        objectives=objectives,
     )
+
+
+def _direction(metric: str, raw: Any, path: str) -> Literal["maximize", "minimize"]:
+    natural = natural_direction(metric)
+    direction = checks.one_of(raw if raw is not None else natural, DIRECTIONS, path)
+    if direction != natural:
+        raise SpecError(path, f"must be {natural} for {metric}, got {checks.shown(direction)}")
+    return direction
+
+
+def _parse_objectives(raw: dict, path: str) -> tuple[Objective, ...]:
+    """`objectives: [{metric, direction}, …]`: two or three distinct metrics, at least one measured per epoch
+    (training keeps the best epoch by the first such), each in its natural direction."""
+    given = [key for key in ("metric", "direction") if key in raw]
+    if given:
+        raise SpecError(f"study.{given[0]}", "give either study.metric/direction (one objective) or "
+                                             "study.objectives (several), not both")
+    items = raw["objectives"]
+    if not isinstance(items, list) or not 2 <= len(items) <= 3:
+        raise SpecError(path, f"must be a list of 2 or 3 objectives ({{metric: …, direction: …}}), got "
+                              f"{checks.describe(items)}; one objective is study.metric")
+    objectives: list[Objective] = []
+    for i, item in enumerate(items):
+        at = f"{path}[{i}]"
+        if isinstance(item, str):
+            item = {"metric": item}
+        item = checks.section(item, at)
+        checks.check_keys(item, ("metric", "direction"), at)
+        if "metric" not in item:
+            raise SpecError(f"{at}.metric", f"required ({', '.join(OBJECTIVE_METRICS)})")
+        metric = checks.one_of(item["metric"], OBJECTIVE_METRICS, f"{at}.metric")
+        if metric in (o.metric for o in objectives):
+            raise SpecError(f"{at}.metric", f"{metric} is already an objective")
+        objectives.append(Objective(metric, _direction(metric, item.get("direction"), f"{at}.direction")))
+    if not any(o.metric in METRICS for o in objectives):
+        raise SpecError(path, f"needs at least one of {', '.join(METRICS)} (training keeps the best epoch by it)")
+    return tuple(objectives)
 
 
 def _named(raw: Any, path: str, what: str, table: dict) -> tuple[str, dict]:
@@ -341,6 +446,45 @@ def _parse_task(raw: Any) -> TaskSpec:
     checks.check_keys(raw, ("model", "data", "teacher"), "task")
     return TaskSpec(model=_parse_model(raw.get("model")), data=_parse_data(raw.get("data")),
                     teacher=_parse_teacher(raw.get("teacher")))
+
+
+def _choices_of(name: str, space: dict[str, ParamSpec], fixed: Any) -> list[Any]:
+    """Every value of task setting `name` a trial can train with: its searched choices (and the task's own value
+    when the search has a `when:` that can leave it unsearched), else the task's value."""
+    if name not in space:
+        return [fixed]
+    searched = list(space[name].options)
+    return searched + ([fixed] if space[name].when is not None and fixed not in searched else [])
+
+
+def _check_task_choices(task: TaskSpec, space: dict[str, ParamSpec]) -> None:
+    """A searched backbone or input size: every model name known, weights that fit every model, every size a
+    valid task.data.image_size, and every model able to take every size (a forward pass on the meta device)."""
+    if "model" not in space and "image_size" not in space:
+        return
+    models = _choices_of("model", space, task.model.name)
+    if "model" in space:
+        for i, name in enumerate(space["model"].options):
+            _model_name(name, f"search_space.model.choices[{i}]")
+        if task.model.weights not in ("none", "DEFAULT"):
+            raise SpecError("task.model.weights", "a weights name or file fits one architecture: with model searched, "
+                                                  f"use DEFAULT or none, got {checks.shown(task.model.weights)}")
+    if "image_size" in space:
+        for i, size in enumerate(space["image_size"].options):
+            try:
+                dataclasses.replace(task.data, image_size=size)
+            except DataConfigError as e:
+                raise SpecError(f"search_space.image_size.choices[{i}]", e.problem) from None
+    from hpsearch.data import NATIVE_SIZES
+    from hpsearch.models import input_problem  # torch: only a spec that searches the task pays it
+
+    for size in _choices_of("image_size", space, task.data.image_size):
+        pixels = size or NATIVE_SIZES[task.data.name]
+        for name in models:
+            problem = input_problem(name, pixels)
+            if problem is not None:
+                at = "search_space.model" if "model" in space else "search_space.image_size"
+                raise SpecError(at, f"{name} cannot take {pixels}x{pixels} images ({problem})")
 
 
 def _parse_model(raw: Any) -> ModelSpec:

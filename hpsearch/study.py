@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -188,29 +189,47 @@ def create_or_resume(spec: Spec, sampler: optuna.samplers.BaseSampler, pruner: o
                      storage_url: str | None) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists (resume). Returns (study, resumed)."""
     storage = open_storage(storage_url)
-    direction = spec.study.direction
+    directions = [o.direction for o in spec.study.targets]
     try:
         study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
         resumed = True
     except KeyError:
         try:
             study = optuna.create_study(
-                study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner, direction=direction
+                study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner, directions=directions
             )
             resumed = False
         except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago
             study = optuna.load_study(study_name=spec.study.name, storage=storage, sampler=sampler, pruner=pruner)
             resumed = True
-    if study.direction.name.lower() != direction:
-        raise UsageError(
-            f"study.direction: study {spec.study.name!r} already exists with direction "
-            f"{study.direction.name.lower()}, the file says {direction}"
-        )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions:
+        field = "study.objectives" if spec.study.multi or len(existing) > 1 else "study.direction"
+        raise UsageError(f"{field}: study {spec.study.name!r} already exists with direction(s) "
+                         f"{', '.join(existing)}, the file says {', '.join(directions)}")
+    metrics = [o.metric for o in spec.study.targets]
+    if spec.study.multi and study.metric_names != metrics:
+        if study.metric_names is not None:
+            raise UsageError(f"study.objectives: study {spec.study.name!r} already exists with objectives "
+                             f"{', '.join(study.metric_names)}, the file says {', '.join(metrics)}")
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)  # Optuna's own record: its dashboard and dataframes name the values
     # Record what made the study, so `status`/`best`/export can rebuild it without the file.
     study.set_user_attr(records.STUDY_SPACE_FILE, spec.source)
     study.set_user_attr(records.STUDY_SPEC, spec.to_dict())
     study.set_user_attr(records.STUDY_METRIC, spec.study.metric)
     return study, resumed
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """A multi-objective study's complete trials that no other beats in every objective, by trial number
+    (Optuna's best_trials; for one objective, the best trial)."""
+    if not count_states(study)[TrialState.COMPLETE]:
+        return []
+    if len(study.directions) == 1:
+        return [study.best_trial]
+    return sorted(study.best_trials, key=lambda t: t.number)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from hpsearch import records, tracking
 from hpsearch.credentials import mask_url, redact
 from hpsearch.outages import first_line
+from hpsearch.study import pareto_front
 from hpsearch.visual_report import REPORT_PAGE, Report, RunLinks, write_report
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ COUNT_METRICS = {TrialState.COMPLETE: "trials_complete", TrialState.PRUNED: "tri
                  TrialState.FAIL: "trials_failed"}
 BEST_TAG_PREFIX = "best."
 TAG_BEST_TRIAL = "hpsearch.best_trial"
+TAG_PARETO_TRIALS = "hpsearch.pareto_trials"  # a multi-objective study's front: trial numbers, comma-separated
+TAG_PARETO_RUNS = "hpsearch.pareto_run_ids"  # and their MLflow runs, in the same order
 TAG_NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
 REPORT_ARTIFACTS = "report"
 SPACE_ARTIFACTS = "space"
@@ -144,6 +147,10 @@ def tell(client: MlflowClient, run_id: str, study: optuna.Study, report: Report,
         best = study.best_trial
         tags[TAG_BEST_TRIAL] = str(best.number)
         tags.update({f"{BEST_TAG_PREFIX}{k}": str(v) for k, v in best.params.items()})
+    elif not single:
+        front = pareto_front(study)
+        tags[TAG_PARETO_TRIALS] = ",".join(str(t.number) for t in front)
+        tags[TAG_PARETO_RUNS] = ",".join(t.user_attrs.get(records.ATTR_RUN_ID, "") for t in front)
     # A resumed study's new winner may lack a conditional parameter of the old one: its tag goes.
     stale = [k for k in client.get_run(run_id).data.tags if k.startswith(BEST_TAG_PREFIX) and k not in tags]
     run_tags = [RunTag(k, redact(v)[: records.MAX_TAG_CHARS] if k != TAG_NOTE else redact(v)) for k, v in tags.items()]
@@ -179,6 +186,12 @@ def _description(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], co
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         lines.append(f"Best {metric} **{best.value:.4g}** at trial {best.number}"
                      + (f" ({params})." if params else "."))
+    if len(study.directions) > 1 and count[TrialState.COMPLETE]:
+        names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+        front = pareto_front(study)
+        lines.append(f"Pareto front ({', '.join(names)}): " + "; ".join(
+            f"trial {t.number} (" + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values, strict=True)) + ")"
+            for t in front) + ".")
     if command:
         lines.append(f"To run this search again: `{command}` (the space file is attached under `{SPACE_ARTIFACTS}/`, "
                      f"with `{SPACE_ARTIFACTS}/{RESOLVED_SPACE}`: every value it ran with).")

@@ -6,8 +6,7 @@ never trains: it stays in eval mode whatever is asked of it and holds no grads. 
 the student; a teacher trained with another mean/std renormalises it first.
 
 Also what the spec checks before any compute, with nothing downloaded or built in memory: how many classes a
-teacher predicts (its weights' meta, or the head in its file) and whether it can take the task's images (a
-forward pass of the architecture on the meta device).
+teacher predicts (its weights' meta, or the head in its file).
 
 Torch-only on purpose (the trainer imports it; runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
@@ -94,16 +93,3 @@ def predicted_classes(name: str, weights: str) -> int:
     if not isinstance(state, dict) or not isinstance(state.get(key), torch.Tensor):
         raise ValueError(f"{resolved} is not a state_dict of {name} (it has no {key})")
     return int(state[key].shape[0])
-
-
-def input_problem(name: str, image_size: int) -> str | None:
-    """Why `name` cannot take image_size × image_size images (too small for its pooling, or not the one size a
-    vision transformer takes), or None; found by a forward pass on the meta device: no memory, no compute."""
-    model = skeleton(name).to("meta").eval()
-    try:
-        with torch.no_grad():
-            model(torch.empty(2, 3, image_size, image_size, device="meta"))
-    except Exception as e:  # whatever the architecture refuses the shape with
-        text = str(e).strip()
-        return text.splitlines()[0] if text else type(e).__name__
-    return None

@@ -380,7 +380,9 @@ def _draw_all(view: _View, out: Path, report: Report) -> list[tuple[_PlotSpec, A
                     else:
                         axes = np.ravel(spec.draw(vis_mpl, view))  # a slice of several parameters: an array
                         tmp = _partial(png)
-                        axes[0].figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+                        # One layout pass, then one draw (bbox_inches="tight" draws the figure twice).
+                        axes[0].figure.tight_layout()
+                        axes[0].figure.savefig(tmp, format="png", dpi=100)
                         tmp.replace(png)
                         report.images.append(png)
             except NotDrawn as exc:
@@ -484,7 +486,8 @@ def _trials_table(study: optuna.Study, links: RunLinks | None, links_note: str |
     names: list[str] = []
     for t in trials:
         names += [p for p in t.params if p not in names]
-    value_heads = ["value"] if len(study.directions) == 1 else [f"value {i + 1}" for i in range(len(study.directions))]
+    value_heads = ["value"] if len(study.directions) == 1 else (
+        study.metric_names or [f"value {i + 1}" for i in range(len(study.directions))])
     heads = ["number", "state", *value_heads, "epochs", "duration s", *names, "MLflow run", "reason"]
     body = []
     for t in trials:
@@ -494,8 +497,8 @@ def _trials_table(study: optuna.Study, links: RunLinks | None, links_note: str |
         duration = None
         if t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
-        cells = [t.number, t.state.name, *values, len(t.intermediate_values), duration,
-                 *(t.params.get(n) for n in names)]
+        epochs = len(t.intermediate_values) or t.user_attrs.get(records.ATTR_EPOCHS, 0)
+        cells = [t.number, t.state.name, *values, epochs, duration, *(t.params.get(n) for n in names)]
         row = "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells)
         run_id = t.user_attrs.get(records.ATTR_RUN_ID)
         run = "-"

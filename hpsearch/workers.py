@@ -30,6 +30,7 @@ from hpsearch.devices import Slot
 from hpsearch.errors import RunFailure
 from hpsearch.live import LiveView
 from hpsearch.locks import LockWaitAborted
+from hpsearch.params import TASK_CHOICES
 from hpsearch.records import (
     CheckpointFailed,
     FailureKind,
@@ -43,7 +44,7 @@ from hpsearch.records import (
     WritesLost,
     WritesPending,
 )
-from hpsearch.spec import Spec
+from hpsearch.spec import Spec, with_task_choices
 
 # ------------------------------------------------------------------------------------------ worker
 
@@ -166,10 +167,13 @@ def _warm_up(spec: Spec, device: str) -> str | None:
     from hpsearch.data import DatasetNotFound
     from hpsearch.models import WeightsNotAvailable, build_model
 
+    searched = {k: spec.search_space[k].options for k in TASK_CHOICES if k in spec.search_space}
     try:
-        load_task_data(spec, device)
+        # One input size is enough to find the dataset; each searched backbone's weights are fetched once here.
+        load_task_data(with_task_choices(spec, {k: v[0] for k, v in searched.items()}), device)
         if spec.task.model.weights not in ("none", None):
-            build_model(spec.task.model.name, 10, weights=spec.task.model.weights)
+            for name in searched.get("model", (spec.task.model.name,)):
+                build_model(name, 10, weights=spec.task.model.weights)
     except (DatasetNotFound, WeightsNotAvailable) as exc:
         return str(exc)
     return None
@@ -210,6 +214,7 @@ class RunSummary:
     seconds: float
     best_value: float | None = None
     best_trial: int | None = None
+    pareto_front: list[int] = field(default_factory=list)  # a multi-objective study's best trials
     checkpoints_lost: list[int] = field(default_factory=list)  # trials whose checkpoint could not be stored
     undelivered: list[str] = field(default_factory=list)  # MLflow writes that never reached the store
 
@@ -502,7 +507,9 @@ class Orchestrator:
             checkpoints_lost=sorted(set(self.checkpoints_lost)),
             undelivered=list(self.undelivered),
         )
-        if counts[TrialState.COMPLETE]:
+        if counts[TrialState.COMPLETE] and len(self.study.directions) > 1:
+            summary.pareto_front = [t.number for t in study_mod.pareto_front(self.study)]
+        elif counts[TrialState.COMPLETE]:
             best = self.study.best_trial
             summary.best_value, summary.best_trial = best.value, best.number
         return summary

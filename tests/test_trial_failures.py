@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from hpsearch import objective, tracking
-from hpsearch.builders import trial_seed
 from hpsearch.objective import TrialContext, run_trial
-from hpsearch.registry import build_pruner, build_sampler
+from hpsearch.registry import build_pruner, build_sampler, trial_seed
 from hpsearch.spec import load_spec
 from hpsearch.study import create_or_resume
 from hpsearch.train import NonFiniteLoss

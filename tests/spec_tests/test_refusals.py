@@ -41,7 +41,8 @@ CASES = [
     ("study.storage", "", "study.storage: must be a non-empty string, got ''"),
     # sampler
     ("study.sampler", {"name": "tpee"}, "study.sampler.name: unknown sampler 'tpee' (did you mean 'tpe'?)"),
-    ("study.sampler", {"seed": 1}, "study.sampler.name: required (tpe, random, gp, cmaes, qmc, grid)"),
+    ("study.sampler", {"seed": 1},
+     "study.sampler.name: required (tpe, random, gp, cmaes, qmc, grid, nsgaii, nsgaiii)"),
     ("study.sampler", 3, "study.sampler: must be a mapping, got 3"),
     (
         "study.sampler",

@@ -12,7 +12,7 @@ from .helpers import BASE, edited
 
 
 def test_tables_cover_the_design():
-    assert list(registry.SAMPLERS) == ["tpe", "random", "gp", "cmaes", "qmc", "grid"]
+    assert list(registry.SAMPLERS) == ["tpe", "random", "gp", "cmaes", "qmc", "grid", "nsgaii", "nsgaiii"]
     assert list(registry.PRUNERS) == [
         "hyperband", "successive_halving", "median", "percentile", "patient", "threshold", "none",
     ]
@@ -54,18 +54,24 @@ def _first_value(sampler) -> float:
     return trial.suggest_float("x", 0, 1)
 
 
-def test_seed_offset_separates_workers_and_seed_reproduces():
+def test_trial_streams_are_separate_reproducible_and_do_not_overlap_across_seeds():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = SamplerSpec("random", {"seed": 0})
-    same = [_first_value(registry.build_sampler(spec, {})) for _ in range(2)]
-    other = _first_value(registry.build_sampler(spec, {}, seed_offset=1))
+    same = [_first_value(registry.build_sampler(spec, {}, trial_number=0)) for _ in range(2)]
+    other = _first_value(registry.build_sampler(spec, {}, trial_number=1))
     assert same[0] == same[1] != other
-    # The largest seed a spec accepts, offset for each worker slot: every worker still gets a seed numpy
-    # takes (it refuses any past 2**32 - 1) and draws its own values, reproducibly.
+    # Study seed 1's trial n must not replay seed 0's trial n + 1 (as `seed + n` would): benchmarks that
+    # repeat a search "with 3 seeds" would otherwise share most of their samples.
+    seed0 = [_first_value(registry.build_sampler(spec, {}, trial_number=n)) for n in range(6)]
+    seed1 = [_first_value(registry.build_sampler(SamplerSpec("random", {"seed": 1}), {}, trial_number=n))
+             for n in range(6)]
+    assert not set(seed0) & set(seed1)
+    # The largest seed a spec accepts still gives every trial a seed numpy takes (it refuses any past
+    # 2**32 - 1), each its own values, reproducibly.
     top = SamplerSpec("random", {"seed": 2**32 - 1})
-    firsts = [_first_value(registry.build_sampler(top, {}, seed_offset=k)) for k in range(4)]
+    firsts = [_first_value(registry.build_sampler(top, {}, trial_number=k)) for k in range(4)]
     assert len(set(firsts)) == 4
-    assert _first_value(registry.build_sampler(top, {}, seed_offset=3)) == firsts[3]
+    assert _first_value(registry.build_sampler(top, {}, trial_number=3)) == firsts[3]
 
 
 def _search(workers: list[optuna.Study], n_trials: int) -> list[dict]:

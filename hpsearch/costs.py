@@ -1,0 +1,150 @@
+"""What a trained model costs to deploy: CPU (or GPU) latency, parameters, file size; objectives a
+multi-objective study can minimise beside accuracy.
+
+- params_m: non-zero parameters in millions, so that pruning shows. A float model counts every parameter
+  (BatchNorm's weight and bias too, not its running statistics; from scratch its biases start at zero and
+  are not counted until trained). An int8 model (compression.Int8Model) counts its int8 weights and float
+  biases, after BatchNorm was folded into the convolutions, and not the weights that round to zero in int8
+  (~1% of them): ~1-2% fewer than its float model; quantization scales and zero points are not counted.
+- size_mb: the bytes of the deployable file / 1e6. The deployable file (save_deployable) is what a user
+  ships and loads back: for a float model `torch.save(model.state_dict())` (loads into the architecture
+  built by hpsearch.models.build_model), for an int8 model its exported program (`torch.export.save`, a
+  .pt2 file that compression.load_int8 reads back; besides the int8 weights it holds the graph, float biases
+  and per-channel scales, so it is ~1/4 of the float file for ResNet-18 but ~1/3 for MobileNetV2 and ~0.4
+  for ShuffleNetV2 and MobileNetV3-Small). Both are dense: a pruned weight is a zero that still takes its
+  4 bytes (1 in int8), so pruning lowers params_m but not size_mb; only a sparse format or a compressor
+  (zip of the file) would turn the zeros into bytes saved, and neither is used here.
+- latency_ms: the median wall time of a forward pass of one image (batch 1), in eval mode, under
+  torch.inference_mode, float32 input (an int8 model quantizes it itself), after warm-up passes. On CUDA
+  the device is synchronised before and after each timed pass. The torch thread count is left as the
+  caller set it (torch.set_num_threads; OMP_NUM_THREADS at start-up): it changes the result, so set it
+  as the deployment will run, and record it with the number.
+
+Torch-only on purpose (runs on boxes that lack the rest of hpsearch's dependencies); compression, which
+this imports for Int8Model, imports torchao only when a model is quantized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from hpsearch.compression import Int8Model
+
+
+@dataclass(frozen=True)
+class Costs:
+    latency_ms: float  # median batch-1 forward pass
+    params_m: float  # non-zero parameters, millions
+    size_mb: float  # deployable file, 1e6 bytes
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def params_m(model: nn.Module) -> float:
+    """Non-zero parameters in millions: every parameter, plus the int8 weights a quantized model keeps as
+    buffers (its biases are parameters; scales, zero points and float buffers such as BatchNorm's running
+    statistics are not counted). Pruning masks are applied (the pruned entries count as zeros)."""
+    tensors: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name.endswith("_orig") and prune.is_pruned(module):  # counted through its masked copy below
+                continue
+            tensors[id(p)] = p
+        for b in module.buffers(recurse=False):
+            if b.dtype in (torch.int8, torch.uint8):
+                tensors[id(b)] = b
+        # With masks on, the weight a layer computes with is a plain attribute (weight_orig × weight_mask).
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                masked = getattr(module, hook._tensor_name)
+                tensors[id(masked)] = masked
+    with torch.no_grad():
+        return sum(int(torch.count_nonzero(t)) for t in tensors.values()) / 1e6
+
+
+def save_deployable(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the file a user would ship (module docstring): a float model's state_dict, or an int8 model's
+    exported program. A model still carrying pruning masks is refused: its state_dict would hold both
+    weight_orig and weight_mask (twice the bytes); compression.make_permanent(model) first."""
+    path = Path(path)
+    if isinstance(model, Int8Model):
+        model.save(path)
+        return path
+    if prune.is_pruned(model):  # any of its modules
+        raise ValueError("the model still carries pruning masks (its state_dict holds weight_orig and weight_mask); "
+                         "call hpsearch.compression.make_permanent(model) first")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def size_mb(path: str | os.PathLike) -> float:
+    """The file's size in MB (1e6 bytes)."""
+    return os.path.getsize(path) / 1e6
+
+
+def latency_ms(model: nn.Module, image_size: int, device: torch.device | str = "cpu", warmup: int = 3,
+               repeats: int = 15) -> float:
+    """The median wall time, in milliseconds, of `repeats` forward passes of one random image after `warmup`
+    untimed ones. The model is moved to `device` (in place) and left in eval mode. The default 18 passes take
+    ~0.2 s for MobileNetV2 at 32 px on one CPU core."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    if isinstance(model, Int8Model) and device.type != "cpu":
+        raise ValueError(f"an int8 model runs on the CPU only, not {device}")
+    model.to(device)
+    cuda = device.type == "cuda"
+    x = torch.randn(1, 3, image_size, image_size, device=device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def measure(model: nn.Module, image_size: int, device: torch.device | str = "cpu",
+            file_path: str | os.PathLike | None = None) -> Costs:
+    """All three costs; the deployable file is written to file_path (kept) or to a temporary file (removed)."""
+    latency = latency_ms(model, image_size, device)
+    params = params_m(model)
+    if file_path is not None:
+        return Costs(latency, params, size_mb(save_deployable(model, file_path)))
+    with tempfile.TemporaryDirectory(prefix="hpsearch-costs-") as tmp:
+        suffix = ".pt2" if isinstance(model, Int8Model) else ".pt"
+        return Costs(latency, params, size_mb(save_deployable(model, Path(tmp) / f"model{suffix}")))
+
+
+@contextlib.contextmanager
+def one_thread_on(device: torch.device | str) -> Iterator[None]:
+    """On the CPU, run the block on one torch thread (and restore the count after): batch-1 latency on
+    several threads measures whoever else spins on the cores as much as the model (two threads on a busy
+    2-core box made MobileNetV3-Small 20x slower). Elsewhere, nothing changes."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
