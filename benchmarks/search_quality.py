@@ -379,10 +379,8 @@ def epochs_to_reach(order: list[tuple[int, float | None]], target: float) -> int
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    import optuna
-    import torch
-
+def cpu_facts() -> dict[str, Any]:
+    """The CPU's model name, its cores and how many this process may use (stdlib only: every benchmark's)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -392,8 +390,15 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "torch": torch.__version__,
-            "optuna": optuna.__version__, "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable}
+
+
+def machine() -> dict[str, Any]:
+    import optuna
+    import torch
+
+    return {**cpu_facts(), "torch": torch.__version__, "optuna": optuna.__version__,
+            "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 

@@ -89,6 +89,7 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
         num_classes,
         weights=spec.task.model.weights if weights is None else weights,
         dropout=hp.dropout,
+        bn_momentum=hp.bn_momentum,
         freeze=hp.freeze,
         unfrozen_blocks=hp.unfrozen_blocks,
     )

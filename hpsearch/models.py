@@ -218,11 +218,13 @@ def _from_file(name: str, num_classes: int, path: str, dropout: float | None) ->
 
 
 def build_model(name: str, num_classes: int, weights: str = "none", dropout: float | None = None,
-                freeze: str = "none", unfrozen_blocks: int | None = None) -> nn.Module:
+                freeze: str = "none", unfrozen_blocks: int | None = None,
+                bn_momentum: float | None = None) -> nn.Module:
     """A torchvision classifier with a new num_classes head, on the CPU.
 
     weights: "none", "DEFAULT", a weights name of this model, or a state_dict file path.
     dropout: None keeps the model's own; else the p of the dropout before the head (inserted if absent).
+    bn_momentum: None keeps the model's own; else every BatchNorm's running-statistics momentum.
     freeze="backbone": only the head trains; freeze="partial": the head and the last `unfrozen_blocks`
     stages (see backbone_stages) train. Put the model in train mode with `set_train_mode`.
     """
@@ -243,6 +245,10 @@ def build_model(name: str, num_classes: int, weights: str = "none", dropout: flo
         # N(0, 0.01) with zero bias, not nn.Linear's default); _adapt keeps those values.
         model = _torchvision_model(name, resolved, num_classes if resolved is None else None)
         _adapt(model, num_classes, dropout)
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = bn_momentum
     if freeze != "none":
         stages = len(backbone_stages(model))
         unfrozen = 0 if freeze == "backbone" else unfrozen_blocks

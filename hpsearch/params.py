@@ -42,6 +42,9 @@ class HParams:
     batch_size: int = 128
     epochs: int = 10
     dropout: float | None = None  # None keeps the model's own dropout (or none)
+    # BatchNorm's running-statistics momentum; None keeps the model's own (torchvision's MobileNetV3 and
+    # EfficientNet use 0.01, tuned for long ImageNet runs: a short budget leaves their statistics at init).
+    bn_momentum: float | None = None
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
@@ -86,6 +89,7 @@ HPARAM_TYPES: dict[str, type] = {
     "batch_size": int,
     "epochs": int,
     "dropout": float,
+    "bn_momentum": float,
     "optimizer": str,
     "momentum": float,
     "nesterov": bool,
@@ -130,6 +134,7 @@ def check_hparam_value(name: str, value: Any, show: Callable[[Any], str] = repr)
         "batch_size": (value > 0, "> 0"),
         "epochs": (value > 0, "> 0"),
         "dropout": (0 <= value < 1, "in [0, 1)"),
+        "bn_momentum": (0 < value <= 1, "in (0, 1]"),
         "momentum": (0 <= value < 1, "in [0, 1)"),
         "weight_decay": (value >= 0, ">= 0"),
         "warmup_epochs": (value >= 0, ">= 0"),
