@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     m = machine()
     lines = [f"Machine: {machine_line(m)}.",
-             f"Student {args.student} from scratch at {args.image_size} px on digits (1437 training images, "
-             f"{len(data.val)} validation), AdamW lr {args.lr:g}, batch 64, {args.epochs} epochs, T "
+             f"Student {args.student} from scratch at {args.image_size} px on digits ({len(data.train)} training "
+             f"images, {len(data.val)} validation), AdamW lr {args.lr:g}, batch 64, {args.epochs} epochs, T "
              f"{args.temperature:g}; teacher ResNet-18 (val {teacher_val:.3f}); seeds 0..{args.seeds - 1}.",
              "", f"| student | val acc. epoch 2 | val acc. epoch {args.epochs} | best val acc. |", "|---|---|---|---|"]
     for label, curves in results.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpsearch import teacher_spec
-from hpsearch.params import DISTILL_HPARAMS, TASK_CHOICES, HParams
+from hpsearch.params import COMPRESSION_HPARAMS, DISTILL_HPARAMS, TASK_CHOICES, HParams
 from hpsearch.spec import Spec
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ def run_params(spec: Spec, hp: HParams) -> dict[str, Any]:
     values = hp.as_dict()
     if spec.task.teacher is None:
         for name in DISTILL_HPARAMS:
+            del values[name]
+    if not spec.study.multi:  # compression after training is measured by multi-objective studies only
+        for name in COMPRESSION_HPARAMS:
             del values[name]
     return {
         **values,
@@ -95,23 +98,41 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
     )
 
 
-def deployment_costs(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> dict[str, float]:
-    """What the trainer's best epoch's model costs to deploy (costs.COST_METRICS), measured on `device`: the
-    device it trained on, so a CPU search states CPU latency and a GPU search GPU latency. CPU latency is on
-    one thread: a worker's share of the cores, and whoever else spins on them, would otherwise decide it
-    (two threads on a busy core made MobileNetV3-Small 20x slower at batch 1)."""
-    import tempfile
-    from pathlib import Path
+def measure_trained(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> dict[str, float]:
+    """A multi-objective trial's measurements of its best epoch's model, compressed first when hp says
+    (prune_amount, then quantize; no fine-tune): its deployment costs (costs.COST_METRICS) when an objective
+    asks, and, when compressed, val_accuracy and val_loss again. Returned under the objectives' names.
 
+    Latency is measured on the device the trial trained on (a CPU search states CPU latency, a GPU search GPU
+    latency), or on the CPU for every trial of a study that may quantize (int8 runs on the CPU only, and one
+    study's latencies must compare). CPU latency is on one thread (costs.one_thread_on).
+    """
     from hpsearch import costs
 
     weights = trainer.best_state_dict_cpu()
     assert weights is not None  # called for a trial that finished an epoch
     # A fresh model with the best weights: no training hooks, captured graphs or compile wrappers in the timing.
-    model = build_model_for(spec, hp, trainer.data.num_classes)
+    model: nn.Module = build_model_for(spec, hp, trainer.data.num_classes)
     model.load_state_dict(weights)
-    with tempfile.TemporaryDirectory(prefix="hpsearch-costs-") as tmp, costs.one_thread_on(device):
-        return costs.measure(model, trainer.data.image_size, device, Path(tmp) / "model.pt").as_dict()
+    quantizes = "quantize" in spec.search_space or spec.train.get("quantize", "none") != "none"
+    where = "cpu" if quantizes else device
+    measured: dict[str, float] = {}
+    if hp.prune_amount or hp.quantize != "none":
+        from hpsearch import compression
+        from hpsearch.train import evaluate
+
+        if hp.prune_amount:
+            compression.prune_global(model, hp.prune_amount)
+            compression.make_permanent(model)
+        data = trainer.data if where == device else load_task_data(spec, where)
+        if hp.quantize == "int8":
+            batches = compression.calibration_batches(load_task_data(spec, "cpu").train)
+            model = compression.quantize_int8(model, batches, data.image_size)
+        measured["val_loss"], measured["val_accuracy"] = evaluate(model, data.val, device=where)
+    if spec.study.cost_metrics:
+        with costs.one_thread_on(where):  # the deployable file goes to a temporary folder
+            measured.update(costs.measure(model, trainer.data.image_size, where).as_dict())
+    return measured
 
 
 def build_trainer(spec: Spec, hp: HParams, device: str, seed: int) -> tuple[Trainer, TaskData]:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from hpsearch.data import TaskData
     from hpsearch.spec import Spec
 
-QUANTIZE_CHOICES = ("int8", "none")
 REPORT_FILE = "compression.json"
 COMPRESSED_FLOAT = "model_compressed.pt"  # a pruned float state_dict (no quantization)
 COMPRESSED_INT8 = "model_int8.pt2"  # an int8 exported program (compression.load_int8 reads it)
@@ -44,7 +43,7 @@ FINETUNE_LR_SCALE = 0.1  # recovering from pruning wants a gentler step than tra
 @dataclass(frozen=True)
 class CompressOptions:
     prune: float  # fraction of the Conv2d/Linear weights zeroed, 0 <= x < 1
-    quantize: str  # QUANTIZE_CHOICES
+    quantize: str  # params.QUANTIZE_MODES
     finetune_epochs: int  # after pruning, with the masks on; 0: none
     device: str  # where the fine-tune runs
 

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import records
-from hpsearch.builders import build_trainer, deployment_costs, hparams_for, run_params
+from hpsearch.builders import build_trainer, hparams_for, measure_trained, run_params
 from hpsearch.interrupts import GUARD, Interrupted
 from hpsearch.params import HParams
 from hpsearch.records import EpochEnded, FailureKind, TrialEnded, TrialStarted, WorkerEvent
@@ -144,13 +144,14 @@ def _epoch_hook(context: TrialContext, trial: optuna.Trial, run: TrialRun, epoch
 
 
 def _objective_values(spec: Spec, hp: HParams, trainer: Trainer, run: TrialRun, device: str) -> list[float]:
-    """A multi-objective trial's values: its epoch metrics at the best epoch (the one its checkpoint keeps) and,
-    when an objective asks, what the best epoch's model costs to deploy (measured now, logged to its run)."""
+    """A multi-objective trial's values: its epoch metrics at the best epoch (the one its checkpoint keeps),
+    measured again after compression when it compresses (prune_amount, quantize), and what the model costs to
+    deploy when an objective asks (measured now, logged to its run: `compressed_*` for the re-measured ones)."""
     best = trainer.history[(trainer.best_epoch or len(trainer.history)) - 1].as_dict()
-    if spec.study.cost_metrics:
-        costs = deployment_costs(spec, hp, trainer, device)
-        run.log_metrics(costs)
-        best.update(costs)
+    measured = measure_trained(spec, hp, trainer, device)
+    if measured:
+        run.log_metrics({(f"compressed_{k}" if k in best else k): v for k, v in measured.items()})
+        best.update(measured)
     return [best[o.metric] for o in spec.study.targets]
 
 

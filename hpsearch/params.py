@@ -25,6 +25,7 @@ OBJECTIVE_METRICS = METRICS + COST_METRICS
 # Task settings a search space may search too (categorical only): a trial trains the chosen backbone at the
 # chosen input size (spec.with_task_choices); they are not hyperparameters of the trainer.
 TASK_CHOICES: dict[str, type] = {"model": str, "image_size": int}
+QUANTIZE_MODES = ("none", "int8")
 CHECKPOINT_POLICIES = ("complete", "all", "none")
 CUDA_GRAPH_MODES = ("auto", "off")
 
@@ -63,6 +64,9 @@ class HParams:
     # With task.teacher (knowledge distillation): the loss is (1 - alpha) · CE + alpha · T² · KL(teacher ‖ student).
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
+    # Compression after training (multi-objective studies: the objectives are measured on the compressed model).
+    prune_amount: float = 0.0  # this fraction of the Conv2d/Linear weights zeroed, one global magnitude threshold
+    quantize: str = "none"  # int8: post-training quantization for the CPU
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HParams:
@@ -79,6 +83,8 @@ class HParams:
 HYPERPARAMETERS = tuple(f.name for f in fields(HParams))
 # Hyperparameters that mean something only with a teacher (the spec refuses them without one).
 DISTILL_HPARAMS = ("distill_alpha", "distill_temperature")
+# Hyperparameters applied after training, measured only by a multi-objective study's objectives.
+COMPRESSION_HPARAMS = ("prune_amount", "quantize")
 
 # Settings of the `train:` block that are not hyperparameters (never searched).
 TRAIN_SETTINGS = {"cuda_graphs": "auto", "amp": "auto", "channels_last": "auto"}
@@ -107,11 +113,14 @@ HPARAM_TYPES: dict[str, type] = {
     "patience": int,
     "distill_alpha": float,
     "distill_temperature": float,
+    "prune_amount": float,
+    "quantize": str,
 }
 HPARAM_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
     "freeze": FREEZE_MODES,
+    "quantize": QUANTIZE_MODES,
 }
 
 
@@ -148,6 +157,7 @@ def check_hparam_value(name: str, value: Any, show: Callable[[Any], str] = repr)
         "unfreeze_epoch": (value > 0, "> 0"),
         "distill_alpha": (0 <= value <= 1, "in [0, 1]"),
         "distill_temperature": (value > 0, "> 0"),
+        "prune_amount": (0 <= value < 1, "in [0, 1)"),
     }
     ok, rule = in_bounds[name]
     return None if ok else f"must be {rule}, got {show(value)}"

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hpsearch import checks, registry, strict_yaml
-from hpsearch.checks import SpecError, parse_duration
+from hpsearch.checks import HPARAM_DEFAULTS, SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
 from hpsearch.finetune_checks import check_finetuning
 from hpsearch.params import (
     CHECKPOINT_POLICIES,
+    COMPRESSION_HPARAMS,
     COST_METRICS,
     CUDA_GRAPH_MODES,
     DIRECTIONS,
@@ -221,6 +222,7 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
     for model in _choices_of("model", search_space, task.model.name):
         check_finetuning(train, search_space, model)
     check_distillation(train, search_space, task.teacher)
+    _check_compression(study, train, search_space)
     if task.teacher is not None:
         for size in _choices_of("image_size", search_space, task.data.image_size):
             check_teacher(task.teacher, dataclasses.replace(task.data, image_size=size))
@@ -446,6 +448,18 @@ def _parse_task(raw: Any) -> TaskSpec:
     checks.check_keys(raw, ("model", "data", "teacher"), "task")
     return TaskSpec(model=_parse_model(raw.get("model")), data=_parse_data(raw.get("data")),
                     teacher=_parse_teacher(raw.get("teacher")))
+
+
+def _check_compression(study: StudySpec, train: dict, space: dict[str, ParamSpec]) -> None:
+    """prune_amount and quantize act after training: only a multi-objective study's objectives measure them."""
+    if study.multi:
+        return
+    for name in COMPRESSION_HPARAMS:
+        at = f"search_space.{name}" if name in space else f"train.{name}"
+        if name in space or train.get(name, HPARAM_DEFAULTS[name]) != HPARAM_DEFAULTS[name]:
+            raise SpecError(at, "is applied after training and measured by a multi-objective study's objectives: "
+                                "set study.objectives (e.g. val_accuracy and latency_ms), or compress one trial "
+                                "with `hpsearch compress`")
 
 
 def _choices_of(name: str, space: dict[str, ParamSpec], fixed: Any) -> list[Any]:

@@ -27,7 +27,8 @@ BACKBONES = ["mobilenet_v3_small", "shufflenet_v2_x0_5"]
 
 def scaled_down(workdir) -> str:
     """The shipped space on digits: two small backbones at 16 or 24 px, 5 one-epoch trials, NSGA-II with a
-    population of 2 (so that later trials are bred from earlier ones), on one CPU slot."""
+    population of 2 (so that later trials are bred from earlier ones), on one CPU slot; pruning after training
+    (0 or 50%) searched too."""
     data = yaml.safe_load((REPO / "spaces" / "mnv2_cifar_pareto.yaml").read_text())
     data["study"].update(n_trials=5, sampler={"name": "nsgaii", "seed": 0, "population_size": 2})
     data["study"].pop("timeout")
@@ -36,9 +37,11 @@ def scaled_down(workdir) -> str:
     data["train"]["epochs"] = 1
     space = data["search_space"]
     del space["epochs"]
+    del space["quantize"]  # 10-45 s a trial on a CPU core: tests/test_trial_costs.py measures an int8 trial
     space.update(model={"type": "categorical", "choices": BACKBONES},
                  image_size={"type": "categorical", "choices": [16, 24]},
-                 batch_size={"type": "categorical", "choices": [128, 256]})
+                 batch_size={"type": "categorical", "choices": [128, 256]},
+                 prune_amount={"type": "categorical", "choices": [0.0, 0.5]})
     data["resources"] = {"devices": "cpu", "trials_per_device": 1}
     path = workdir / "pareto.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -69,10 +72,19 @@ def test_a_multi_objective_search_over_backbones(workdir, capsys):
     runs = client.search_runs([experiment])
     trials = {int(r.data.tags["optuna.trial_number"]): r for r in runs if r.data.tags.get("hpsearch.role") == "trial"}
     assert len(trials) == 5
-    for run in trials.values():
+    status = {r["number"]: r for r in json.loads(invoke("status", space, "--format", "json").output)}
+    for number, run in trials.items():
         assert run.data.params["model"] in BACKBONES and run.data.params["image_size"] in ("16", "24")
         assert run.data.metrics["latency_ms"] > 0
         assert run.data.metrics["size_mb"] > 0.1 and 0.1 < run.data.metrics["params_m"] < 3
+        # A pruned trial's objectives are measured on the pruned model: half its weights, its own accuracy.
+        full_size = {"mobilenet_v3_small": 1.5, "shufflenet_v2_x0_5": 0.35}[run.data.params["model"]]
+        if run.data.params["prune_amount"] == "0.5":
+            assert run.data.metrics["params_m"] < 0.7 * full_size
+            assert status[number]["values"]["val_accuracy"] == run.data.metrics["compressed_val_accuracy"]
+        else:
+            assert run.data.metrics["params_m"] > 0.9 * full_size
+            assert "compressed_val_accuracy" not in run.data.metrics
 
     front = json.loads(invoke("best", space, "--format", "json").output)
     assert front["study_name"] == STUDY and front["tracking_uri"] == DEFAULT_TRACKING_URI

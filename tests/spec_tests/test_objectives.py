@@ -77,3 +77,24 @@ def test_misuse_is_refused_naming_the_field(study, message):
 @pytest.mark.parametrize("sampler", ["tpe", "nsgaii", "nsgaiii", "gp", "random"])
 def test_the_multi_objective_samplers_are_accepted(sampler):
     assert parse_spec(with_study(objectives=ACC_LATENCY, sampler=sampler)).study.sampler.name == sampler
+
+
+COMPRESSION_ONLY_MEASURED = ("is applied after training and measured by a multi-objective study's objectives: set "
+                             "study.objectives (e.g. val_accuracy and latency_ms), or compress one trial with "
+                             "`hpsearch compress`")
+
+
+def test_compression_after_training_needs_objectives_that_measure_it():
+    searched = with_study()
+    searched["search_space"]["prune_amount"] = {"type": "float", "low": 0.0, "high": 0.7}
+    assert refusal(searched) == f"search_space.prune_amount: {COMPRESSION_ONLY_MEASURED}"
+    fixed = with_study()
+    fixed["train"]["quantize"] = "int8"
+    assert refusal(fixed) == f"train.quantize: {COMPRESSION_ONLY_MEASURED}"
+    fixed["study"]["objectives"] = ACC_LATENCY
+    searched["study"]["objectives"] = ACC_LATENCY
+    assert parse_spec(fixed).train["quantize"] == "int8"
+    assert parse_spec(searched).search_space["prune_amount"].high == 0.7
+    bad = with_study(objectives=ACC_LATENCY)
+    bad["train"]["quantize"] = "int4"
+    assert refusal(bad) == "train.quantize: must be one of none, int8, got 'int4'"
