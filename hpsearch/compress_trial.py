@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpsearch import records, tracking
-from hpsearch.errors import UsageError
+from hpsearch.errors import RunFailure, UsageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -102,7 +102,10 @@ def compress(study: optuna.Study, record: dict[str, Any], tracking_uri: str, opt
             from hpsearch.compression import calibration_batches, quantize_int8
 
             on_step("quantizing to int8 (calibrated on 256 training images)")
-            final = quantize_int8(model, calibration_batches(data.train), data.image_size)
+            try:
+                final = quantize_int8(model, calibration_batches(data.train), data.image_size)
+            except ValueError as e:  # an architecture torch.export or torchao cannot take: one line, exit 1
+                raise RunFailure(f"compress: {e}") from e
         file_name = COMPRESSED_INT8 if options.quantize == "int8" else COMPRESSED_FLOAT
         compressed_file = Path(tmp) / file_name
         on_step("measuring the compressed model")
