@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="training steps per epoch for cpu-slots (a)")
     parser.add_argument("--quickstart-trials", type=int, default=None, help="override the quickstart's n_trials")
     parser.add_argument("--trials", type=int, default=20, help="trials for the overhead measurement")
+    parser.add_argument("--gpu-trials", type=int, default=8, help="trials at each trials_per_device for gpu (3)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     import torch
@@ -280,9 +281,10 @@ def main() -> None:
                   f"({v['ratio']:.2f}x)")
     if args.only in (None, "gpu"):
         if torch.cuda.is_available():
-            r = results["gpu_trials_per_device"] = throughput(8, [1, 2, 4], devices="auto", space=GPU_SPACE)
+            n = args.gpu_trials
+            r = results["gpu_trials_per_device"] = throughput(n, [1, 2, 4], devices="auto", space=GPU_SPACE)
             for k, v in r.items():
-                imgs = 8 * 2 * 20000 * 0.9
+                imgs = n * 2 * 20000 * 0.9
                 print(f"trials_per_device {k}: {v['seconds']:.1f}s, ~{imgs / v['seconds']:,.0f} train img/s "
                       f"aggregate ({v['ratio']:.2f}x)")
         else:

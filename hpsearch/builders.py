@@ -1,21 +1,23 @@
 """From a spec to what trains: hyperparameters, seeds, the dataset, a teacher, the model, the trainer, the run's params.
 
 Shared by a search's trials (objective.py) and single runs (`hpsearch train`, `best --evaluate`: retrain.py).
-torch is imported inside the functions: the parent process, which only plans and watches, never loads it.
+torch is imported inside the functions: the parent process, which only plans and watches, never loads it. The
+spec's side (optuna, pyyaml) is imported only where a function needs it: the trainer tests import this module on
+GPU boxes that have torch alone.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpsearch import teacher_spec
 from hpsearch.params import COMPRESSION_HPARAMS, DISTILL_HPARAMS, TASK_CHOICES, HParams
-from hpsearch.spec import Spec
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from hpsearch.costs import LatencyFormat
     from hpsearch.data import TaskData
+    from hpsearch.spec import Spec
     from hpsearch.teacher import Teacher
     from hpsearch.train import Trainer
 
@@ -33,10 +35,16 @@ def hparams_for(spec: Spec, searched: dict[str, Any]) -> HParams:
     return HParams.from_dict(trial_params(spec, searched))
 
 
-def run_params(spec: Spec, hp: HParams) -> dict[str, Any]:
+def run_params(spec: Spec, hp: HParams, device: str | None = None) -> dict[str, Any]:
     """MLflow params of a run: every hyperparameter under its own name (distillation's only with a teacher), plus
-    model and dataset."""
+    model and dataset; with the trial's `device`, in a study that minimises latency_ms, how it is measured
+    (latency_device, latency_precision: latency_setup)."""
     values = hp.as_dict()
+    if device is not None and "latency_ms" in spec.study.cost_metrics:
+        where, fmt = latency_setup(spec, device)
+        # On the CPU on one thread (costs.one_thread_on); on a GPU beside the other trials sharing it.
+        values["latency_device"] = f"{where}, 1 thread" if where == "cpu" else where
+        values["latency_precision"] = fmt.describe()
     if spec.task.teacher is None:
         for name in DISTILL_HPARAMS:
             del values[name]
@@ -66,7 +74,7 @@ def load_teacher(spec: Spec, device: str, num_classes: int) -> Teacher | None:
     normalised for the spec's student."""
     if spec.task.teacher is None:
         return None
-    from hpsearch import models, teacher
+    from hpsearch import models, teacher, teacher_spec
 
     source = teacher_spec.resolve(spec.task.teacher)
     student = models.normalization(spec.task.model.name, spec.task.model.weights)
@@ -98,28 +106,37 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
     )
 
 
+def latency_setup(spec: Spec, device: str) -> tuple[str, LatencyFormat]:
+    """Where a trial's latency is measured, and in which format: on its own device in the format it trained in
+    (bf16 channels_last on CUDA, train.training_format), or on the CPU in fp32 for every trial of a study that
+    may quantize (int8 runs on the CPU only, and one study's latencies must compare)."""
+    from hpsearch import costs, train
+
+    quantizes = "quantize" in spec.search_space or spec.train.get("quantize", "none") != "none"
+    where = "cpu" if quantizes else device
+    bf16, channels_last = train.training_format(where, train.TrainSettings(**spec.settings))
+    return where, costs.LatencyFormat(bf16=bf16, channels_last=channels_last)
+
+
 def measure_trained(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> dict[str, float]:
     """A multi-objective trial's measurements of its best epoch's model, compressed first when hp says
     (prune_amount, then quantize; no fine-tune): its deployment costs (costs.COST_METRICS) when an objective
     asks, and, when compressed, val_accuracy and val_loss again. Returned under the objectives' names.
 
-    Latency is measured on the device the trial trained on (a CPU search states CPU latency, a GPU search GPU
-    latency), or on the CPU for every trial of a study that may quantize (int8 runs on the CPU only, and one
-    study's latencies must compare). CPU latency is on one thread (costs.one_thread_on).
+    Latency is measured where and as latency_setup says (a CPU search states CPU latency, a GPU search GPU
+    latency). CPU latency is on one thread (costs.one_thread_on).
     """
-    from hpsearch import costs
+    from hpsearch import costs, train
 
     weights = trainer.best_state_dict_cpu()
     assert weights is not None  # called for a trial that finished an epoch
     # A fresh model with the best weights: no training hooks, captured graphs or compile wrappers in the timing.
     model: nn.Module = build_model_for(spec, hp, trainer.data.num_classes)
     model.load_state_dict(weights)
-    quantizes = "quantize" in spec.search_space or spec.train.get("quantize", "none") != "none"
-    where = "cpu" if quantizes else device
+    where, fmt = latency_setup(spec, device)
     measured: dict[str, float] = {}
     if hp.prune_amount or hp.quantize != "none":
         from hpsearch import compression
-        from hpsearch.train import evaluate
 
         if hp.prune_amount:
             compression.prune_global(model, hp.prune_amount)
@@ -128,10 +145,13 @@ def measure_trained(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> d
         if hp.quantize == "int8":
             batches = compression.calibration_batches(load_task_data(spec, "cpu").train)
             model = compression.quantize_int8(model, batches, data.image_size)
-        measured["val_loss"], measured["val_accuracy"] = evaluate(model, data.val, device=where)
+        else:  # the batches are on `where` (a GPU's, when the trial trained there): the model goes there too
+            model.to(where)
+        measured["val_loss"], measured["val_accuracy"] = train.evaluate(
+            model, data.val, device=where, settings=train.TrainSettings(**spec.settings))
     if spec.study.cost_metrics:
         with costs.one_thread_on(where):  # the deployable file goes to a temporary folder
-            measured.update(costs.measure(model, trainer.data.image_size, where).as_dict())
+            measured.update(costs.measure(model, trainer.data.image_size, where, fmt=fmt).as_dict())
     return measured
 
 

@@ -257,9 +257,15 @@ def devices(value: Any, path: str) -> str | tuple[int, ...]:
     return tuple(indices)
 
 
+MAX_TRIALS_PER_DEVICE = 64  # each is a worker process with its own copy of the data and the model
+
+
 def trials_per_device(value: Any, path: str) -> int | str:
     if value == "auto":
         return value
     if isinstance(value, str):
         raise SpecError(path, f"must be auto or a whole number > 0, got {shown(value)}")
-    return positive_int(value, path)
+    count = positive_int(value, path)
+    if count > MAX_TRIALS_PER_DEVICE:
+        raise SpecError(path, f"must be at most {MAX_TRIALS_PER_DEVICE}, got {shown(count)}")
+    return count

@@ -19,6 +19,7 @@ import click
 
 from hpsearch.credentials import STORAGE_ENV, TRACKING_ENV, masked_spec, redact, usable_url
 from hpsearch.errors import RunFailure, UsageError
+from hpsearch.terminal import escaped
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -69,6 +70,7 @@ def _load_spec(path: str, **overrides):
 def _resolve_study(space, study_name, storage, tracking_uri):
     """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
     from hpsearch import study as study_mod
+    from hpsearch.checks import study_name as check_study_name
     from hpsearch.records import STUDY_TRACKING_URI
     from hpsearch.tracking import DEFAULT_TRACKING_URI
 
@@ -78,7 +80,9 @@ def _resolve_study(space, study_name, storage, tracking_uri):
         spec = _load_spec(space, storage=storage, tracking_uri=tracking_uri)
         name, storage, uri = spec.study.name, spec.study.storage, spec.tracking.uri
     elif study_name:
-        name, uri = study_name, tracking_uri
+        # A shared storage holds studies made by plain Optuna too: their names obey the space file's rule,
+        # since each names a folder under studies/.
+        name, uri = check_study_name(study_name, "--study"), tracking_uri
         last = study_mod.last_run()
         if storage is None and last and last.study_name == study_name:
             storage = usable_url(last.storage, STORAGE_ENV, _file_urls(last.space_file)[0])
@@ -88,7 +92,7 @@ def _resolve_study(space, study_name, storage, tracking_uri):
             raise UsageError("SPACE: no study has been run from this folder yet; give SPACE or --study NAME")
         # .last_run.json keeps masked URLs; the real ones come back from the options, the environment,
         # or the space file that run read.
-        name = last.study_name
+        name = check_study_name(last.study_name, f"{study_mod.LAST_RUN_FILE} study_name")
         file_storage, file_uri = _file_urls(last.space_file)
         storage = storage or usable_url(last.storage, STORAGE_ENV, file_storage)
         uri = tracking_uri or usable_url(last.tracking_uri or None, TRACKING_ENV, file_uri)
@@ -134,11 +138,13 @@ def cli() -> None:
 def run(space, n_trials, timeout, devices, trials_per_device, study_name, seed, storage, tracking_uri):
     """Create or resume the study in SPACE and run its remaining trials."""
     from hpsearch.runner import run_study
+    from hpsearch.store_probe import check_stores
 
     spec = _load_spec(
         space, n_trials=n_trials, timeout=timeout, devices=devices, trials_per_device=trials_per_device,
         study_name=study_name, seed=seed, storage=storage, tracking_uri=tracking_uri,
     )
+    check_stores(spec.study.storage, spec.tracking.uri)  # a store never there fails in seconds, not 15 minutes
     summary = run_study(spec)
     if summary.interrupted:
         click.echo(
@@ -156,7 +162,7 @@ def validate(space):
 
     spec = _load_spec(space)
     click.echo(f"# {space}: valid")
-    click.echo(yaml.safe_dump(masked_spec(spec).to_dict(), sort_keys=False).rstrip())
+    click.echo(redact(yaml.safe_dump(masked_spec(spec).to_dict(), sort_keys=False).rstrip()))  # what load_spec learnt
     if spec.study.sampler.name == "tpe" and "n_startup_trials" not in spec.study.sampler.kwargs:
         from hpsearch.registry import tpe_startup_trials
 
@@ -204,9 +210,10 @@ def status(space, study_name, storage, tracking_uri, fmt, sort, top):
     if fmt == "csv":
         buf = io.StringIO()
         fields = list(flat[0]) if flat else ["number", "state", "value"]
-        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer = csv.DictWriter(buf, fieldnames=[escaped(f) for f in fields])
         writer.writeheader()
-        writer.writerows(flat)
+        # It lands on a terminal as often as in a file: its text escaped like the table's (JSON keeps it exact).
+        writer.writerows({escaped(k): escaped(v) if isinstance(v, str) else v for k, v in r.items()} for r in flat)
         click.echo(buf.getvalue().rstrip("\n"))
         return
     total = len(study.get_trials(deepcopy=False)) if top is not None else None
@@ -221,10 +228,10 @@ def _print_table(title: str, flat: list[dict], total: int | None = None, heading
 
     # Text objects, never strings: rich reads a string as markup, and a fail reason like "[/x]" crashes it.
     shown = f"{len(flat)} of {total}" if total not in (None, len(flat)) else f"{len(flat)}"
-    table = Table(title=Text(heading or f"study {title}: {shown} trials"), title_justify="left")
+    table = Table(title=Text(escaped(heading or f"study {title}: {shown} trials")), title_justify="left")
     columns = [c for c in (flat[0] if flat else {}) if c not in ("mlflow_run_id",)]
     for c in columns:
-        table.add_column(Text(c.replace("params.", "")), overflow="fold")
+        table.add_column(Text(escaped(c.replace("params.", ""))), overflow="fold")
     for r in flat:
         table.add_row(*[Text(("*" if r[c] else "") if c == "pareto" else _cell(r.get(c))) for c in columns])
     Console(width=max(100, min(200, _terminal_width()))).print(table)
@@ -242,7 +249,12 @@ def _cell(v) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v).splitlines()[0][:60]
+    return escaped((str(v).splitlines() or [""])[0])[:60]
+
+
+def _echo(line: str, err: bool = False) -> None:
+    """A line that quotes study data, which anyone with access to the storage writes: shown escaped."""
+    click.echo(escaped(line), err=err)
 
 
 @cli.command()
@@ -263,8 +275,10 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     """The best trial (value, params, trial number, MLflow run id, checkpoint), or a multi-objective study's
     Pareto front."""
     from hpsearch.report import best_record, pareto_record, trial_record
+    from hpsearch.store_probe import check_tracking
 
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    check_tracking(uri, needed=register_name is not None)  # the rest is answered from the study (and local copies)
     if trial_number is None and len(study.directions) > 1:
         wanted = [option for option, value in (("--export", export_dir), ("--evaluate", evaluate or None),
                                                ("--register", register_name)) if value is not None]
@@ -301,24 +315,24 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, default=str))
         return
-    click.echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
-    click.echo(f"{'best trial' if trial_number is None else 'trial':<12} {record['trial_number']}")
+    _echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
+    _echo(f"{'best trial' if trial_number is None else 'trial':<12} {record['trial_number']}")
     for metric, value in (record.get("values") or {record["metric"] or "value": record["value"]}).items():
-        click.echo(f"{metric:<12} {value:.6g}")
+        _echo(f"{metric:<12} {value:.6g}")
     for k, v in record["params"].items():
-        click.echo(f"  {k:<14} {v:.6g}" if isinstance(v, float) else f"  {k:<14} {v}")
-    click.echo(f"mlflow run   {record['mlflow_run_id']}")
-    click.echo(f"checkpoint   {record['checkpoint'] or record['checkpoint_local'] or '-'}")
+        _echo(f"  {k:<14} {v:.6g}" if isinstance(v, float) else f"  {k:<14} {v}")
+    _echo(f"mlflow run   {record['mlflow_run_id']}")
+    _echo(f"checkpoint   {record['checkpoint'] or record['checkpoint_local'] or '-'}")
     if record.get("checkpoint_note"):
-        click.echo(f"             ({record['checkpoint_note']})")
+        _echo(f"             ({record['checkpoint_note']})")
     if evaluate:
-        click.echo(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
+        _echo(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
     if "exported" in record:
-        click.echo("exported     " + ", ".join(record["exported"].values()))
+        _echo("exported     " + ", ".join(record["exported"].values()))
     if "registered" in record:
         registered = record["registered"]
-        click.echo(f"registered   {registered['model_uri']}  (model {registered['name']!r}, "
-                   f"version {registered['version']})")
+        _echo(f"registered   {registered['model_uri']}  (model {registered['name']!r}, "
+              f"version {registered['version']})")
 
 
 @cli.command()
@@ -345,16 +359,19 @@ def compress(space, study_name, storage, tracking_uri, trial_number, prune_amoun
     from hpsearch.export import check_export_dir, export_best
     from hpsearch.report import best_record, trial_record
     from hpsearch.retrain import pick_device
+    from hpsearch.store_probe import check_tracking
+    from hpsearch.study import study_dir
 
     options = CompressOptions(prune_amount, quantize, finetune_epochs, "cpu")
     options.check()  # before the study is opened
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    check_tracking(uri)
     if trial_number is None and len(study.directions) > 1:
         raise UsageError(f"--trial: study {study.study_name!r} has several objectives and no single winner: "
                          "pick a trial of its Pareto front (`hpsearch best` lists it)")
     record = (best_record(study, storage, uri) if trial_number is None
               else trial_record(study, trial_number, storage, uri))
-    default_out = Path("studies") / study.study_name / "compressed" / f"trial-{record['trial_number']}"
+    default_out = study_dir(study.study_name, "compressed", f"trial-{record['trial_number']}")
     out = Path(out_dir) if out_dir else default_out
     check_export_dir(out, force)
     options = dataclasses.replace(options, device=pick_device(device))
@@ -393,8 +410,8 @@ def _print_front(record: dict, fmt: str) -> None:
         click.echo(json.dumps(record, indent=2, default=str))
         return
     goals = ", ".join(f"{o['metric']} ({o['direction']})" for o in record["objectives"])
-    click.echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
-    click.echo(f"objectives   {goals}")
+    _echo(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
+    _echo(f"objectives   {goals}")
     names = list(dict.fromkeys(k for p in record["pareto"] for k in p["params"]))  # conditional ones too
     rows = [{"number": p["number"], **p["values"], **{f"params.{k}": p["params"].get(k) for k in names}}
             for p in record["pareto"]]
@@ -428,15 +445,17 @@ def _evaluate_best(study, record, device, uri: str) -> dict:
               help="Folder for report.html and the PNGs (default: studies/<study>/report/).")
 def report(space, study_name, storage, tracking_uri, out_dir):
     """The study's plots and trials as one HTML page and PNGs, also attached to its MLflow parent run."""
+    from hpsearch.store_probe import check_tracking
     from hpsearch.study_story import publish
     from hpsearch.visual_report import default_report_dir
 
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():  # refused before any work is done
         raise UsageError(f"--out: {out_dir} is a file, not a folder")
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
+    check_tracking(uri)
     written, problem = publish(study, uri, Path(out_dir) if out_dir else default_report_dir(study.study_name))
     if problem:  # the page is written all the same
-        click.echo(f"WARNING: {problem}", err=True)
+        _echo(f"WARNING: {problem}", err=True)
     click.echo(str(written.page))
 
 
@@ -449,9 +468,12 @@ def report(space, study_name, storage, tracking_uri, out_dir):
 def train(config, device, output, tracking_uri):
     """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
     from hpsearch.retrain import pick_device, train_config
+    from hpsearch.store_probe import check_tracking
+    from hpsearch.study import study_dir
 
     spec = _load_spec(config, tracking_uri=tracking_uri)
-    out = Path(output) if output else Path("studies") / spec.study.name / "train"
+    check_tracking(spec.tracking.uri)
+    out = Path(output) if output else study_dir(spec.study.name, "train")
 
     def show(m: dict) -> None:
         click.echo(
@@ -476,6 +498,7 @@ def train(config, device, output, tracking_uri):
 def ui(port, host, tracking_uri):
     """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
     from hpsearch import study as study_mod
+    from hpsearch.store_probe import check_tracking
     from hpsearch.tracking import DEFAULT_TRACKING_URI
     from hpsearch.ui import serve_ui, study_pages
 
@@ -488,6 +511,7 @@ def ui(port, host, tracking_uri):
                        "showing the UI's start page", err=True)
         else:
             pages = study_pages(study, tracking_uri)
+    check_tracking(tracking_uri or DEFAULT_TRACKING_URI)
     sys.exit(serve_ui(pages, tracking_uri or DEFAULT_TRACKING_URI, host, port))
 
 
@@ -496,7 +520,8 @@ def ui(port, host, tracking_uri):
 
 def _error(message: str) -> None:
     # Errors quote URLs and driver messages: every one is redacted before it is shown.
-    click.echo(f"error: {redact(message)}", err=True)
+    # They may quote study data too: control characters are shown escaped, which also keeps them one line.
+    click.echo(f"error: {escaped(redact(message))}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,13 @@ multi-objective study can minimise beside accuracy.
   4 bytes (1 in int8), so pruning lowers params_m but not size_mb; only a sparse format or a compressor
   (zip of the file) would turn the zeros into bytes saved, and neither is used here.
 - latency_ms: the median wall time of a forward pass of one image (batch 1), in eval mode, under
-  torch.inference_mode, float32 input (an int8 model quantizes it itself), after warm-up passes. On CUDA
-  the device is synchronised before and after each timed pass. The torch thread count is left as the
-  caller set it (torch.set_num_threads; OMP_NUM_THREADS at start-up): it changes the result, so set it
-  as the deployment will run, and record it with the number.
+  torch.inference_mode, float32 input (an int8 model quantizes it itself), after warm-up passes, in the
+  format training computed in (LatencyFormat: bf16 autocast and channels_last on CUDA, as train.py trains).
+  On CUDA the device is synchronised before and after each timed pass, after CUDA_WARMUP passes (clocks,
+  cuDNN's kernel choices and the allocator settle over tens of them); trials sharing the GPU still run
+  beside it, so a GPU latency is an upper bound. Costs.method() says where and how it was measured. The
+  torch thread count is left as the caller set it (torch.set_num_threads; OMP_NUM_THREADS at start-up): it
+  changes the result, so set it as the deployment will run, and record it with the number.
 
 Torch-only on purpose (runs on boxes that lack the rest of hpsearch's dependencies); compression, which
 this imports for Int8Model, imports torchao only when a model is quantized.
@@ -32,7 +35,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +43,23 @@ from torch import nn
 from torch.nn.utils import prune
 
 from hpsearch.compression import Int8Model
+from hpsearch.params import COST_METRICS
+
+# (warm-up, timed) batch-1 passes per device type; a GPU needs tens of passes before its timings settle.
+CPU_PASSES = (3, 15)
+CUDA_WARMUP = 25
+CUDA_PASSES = (CUDA_WARMUP, 50)
+
+
+@dataclass(frozen=True)
+class LatencyFormat:
+    """How the timed passes compute: as the trial trained (train.training_format)."""
+
+    bf16: bool = False  # under bf16 autocast
+    channels_last: bool = False  # model and input in channels_last
+
+    def describe(self) -> str:
+        return ("bf16 autocast" if self.bf16 else "fp32") + (", channels_last" if self.channels_last else "")
 
 
 @dataclass(frozen=True)
@@ -47,9 +67,24 @@ class Costs:
     latency_ms: float  # median batch-1 forward pass
     params_m: float  # non-zero parameters, millions
     size_mb: float  # deployable file, 1e6 bytes
+    latency_device: str = "cpu"  # how latency was measured (method(); not objectives, so not in as_dict)
+    latency_precision: str = "fp32"
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in COST_METRICS}
+
+    def method(self) -> dict[str, str]:
+        return {"latency_device": self.latency_device, "latency_precision": self.latency_precision}
+
+
+def describe_device(device: torch.device | str) -> str:
+    """Where a latency is measured, as recorded with it: the CPU with its torch thread count, or the GPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return f"cpu, {torch.get_num_threads()} thread(s)"
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def params_m(model: nn.Module) -> float:
@@ -94,22 +129,28 @@ def size_mb(path: str | os.PathLike) -> float:
     return os.path.getsize(path) / 1e6
 
 
-def latency_ms(model: nn.Module, image_size: int, device: torch.device | str = "cpu", warmup: int = 3,
-               repeats: int = 15) -> float:
+def latency_ms(model: nn.Module, image_size: int, device: torch.device | str = "cpu", warmup: int | None = None,
+               repeats: int | None = None, fmt: LatencyFormat = LatencyFormat()) -> float:
     """The median wall time, in milliseconds, of `repeats` forward passes of one random image after `warmup`
-    untimed ones. The model is moved to `device` (in place) and left in eval mode. The default 18 passes take
-    ~0.2 s for MobileNetV2 at 32 px on one CPU core."""
+    untimed ones (defaults: CPU_PASSES or CUDA_PASSES), computed as `fmt` says. The model is moved to `device`
+    (in place) and left in eval mode. On the CPU the default 18 passes take ~0.2 s for MobileNetV2 at 32 px
+    on one core."""
+    device = torch.device(device)
+    default_warmup, default_repeats = CUDA_PASSES if device.type == "cuda" else CPU_PASSES
+    warmup = default_warmup if warmup is None else warmup
+    repeats = default_repeats if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    device = torch.device(device)
-    if isinstance(model, Int8Model) and device.type != "cpu":
-        raise ValueError(f"an int8 model runs on the CPU only, not {device}")
-    model.to(device)
+    if isinstance(model, Int8Model) and (device.type != "cpu" or fmt != LatencyFormat()):
+        raise ValueError(f"an int8 model runs on the CPU in its own format only, not {device} ({fmt.describe()})")
+    memory_format = torch.channels_last if fmt.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     cuda = device.type == "cuda"
-    x = torch.randn(1, 3, image_size, image_size, device=device)
+    x = torch.randn(1, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fmt.bf16 else contextlib.nullcontext()
     model.eval()
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize(device)
@@ -123,15 +164,17 @@ def latency_ms(model: nn.Module, image_size: int, device: torch.device | str = "
 
 
 def measure(model: nn.Module, image_size: int, device: torch.device | str = "cpu",
-            file_path: str | os.PathLike | None = None) -> Costs:
-    """All three costs; the deployable file is written to file_path (kept) or to a temporary file (removed)."""
-    latency = latency_ms(model, image_size, device)
+            file_path: str | os.PathLike | None = None, fmt: LatencyFormat = LatencyFormat()) -> Costs:
+    """All three costs, latency computed as `fmt` says; the deployable file is written to file_path (kept) or
+    to a temporary file (removed)."""
+    latency = latency_ms(model, image_size, device, fmt=fmt)
+    how = {"latency_device": describe_device(device), "latency_precision": fmt.describe()}
     params = params_m(model)
     if file_path is not None:
-        return Costs(latency, params, size_mb(save_deployable(model, file_path)))
+        return Costs(latency, params, size_mb(save_deployable(model, file_path)), **how)
     with tempfile.TemporaryDirectory(prefix="hpsearch-costs-") as tmp:
         suffix = ".pt2" if isinstance(model, Int8Model) else ".pt"
-        return Costs(latency, params, size_mb(save_deployable(model, Path(tmp) / f"model{suffix}")))
+        return Costs(latency, params, size_mb(save_deployable(model, Path(tmp) / f"model{suffix}")), **how)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from hpsearch.config import PAD, DataConfig
 NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagefolder": 64}
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CPU_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 images `in_memory: auto` keeps in host memory
-CUDA_MEMORY_SHARE = 0.25  # ... and the share of free device memory it may take on CUDA
+CUDA_MEMORY_SHARE = 0.25  # ... and the share of the process's available device memory on CUDA (fits_on_device)
 TEST_SPLIT_SEED = 0  # fixed: a carved test split must not move with split_seed
 
 
@@ -452,12 +452,24 @@ def _decode_all(part: _Part, size: int, workers: int | None = None) -> _Part:
     return _Part(part.labels, images=torch.cat([x for x, _ in loader]))
 
 
+def fits_on_device(nbytes: int, *, free: int, total: int, fraction: float, reserved: int) -> bool:
+    """Whether a dataset of `nbytes` may stay on a GPU: under CUDA_MEMORY_SHARE of what this process may still
+    take. Under torch.cuda.set_per_process_memory_fraction (trials sharing a GPU) that is its share of the
+    total less what its allocator already reserved, and never more than the GPU has free (the other
+    processes' use)."""
+    available = min(free, fraction * total - reserved)
+    return nbytes < CUDA_MEMORY_SHARE * available
+
+
 def _keep_in_memory(cfg: DataConfig, n_images: int, size: int, device: torch.device) -> bool:
     if isinstance(cfg.in_memory, bool):
         return cfg.in_memory
     nbytes = n_images * 3 * size * size
     if device.type == "cuda":
-        return nbytes < CUDA_MEMORY_SHARE * torch.cuda.mem_get_info(device)[0]
+        free, total = torch.cuda.mem_get_info(device)
+        return fits_on_device(nbytes, free=free, total=total,
+                              fraction=torch.cuda.get_per_process_memory_fraction(device),
+                              reserved=torch.cuda.memory_reserved(device))
     return nbytes < CPU_MEMORY_LIMIT
 
 

@@ -3,7 +3,9 @@
 `OutageProofStorage` wraps Optuna's RDB storage so that every call — from `Study.ask`/`tell`/`report`,
 the samplers, the pruners and hpsearch's own bookkeeping, in the parent and in the workers — is
 retried through hpsearch.outages while the failure is a lost or refused connection. Anything else
-(a missing study, a finished trial, bad input) fails at once, as before.
+(a missing study, a finished trial, bad input) fails at once, as before, and so does a connection
+the server answered with a refusal that waiting cannot change (`refusal`: a wrong password, a role
+or database that does not exist, a bad connection option).
 
 A retried write may already have committed (the server went away after the commit, before the
 reply). Most writes here are upserts and harmless to repeat; the two that are not are made safe:
@@ -14,6 +16,8 @@ adding a second one; and telling a state that is already there is taken as done.
 from __future__ import annotations
 
 import copy
+import math
+import re
 import uuid
 from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import records
 from hpsearch.credentials import mask_url
 from hpsearch.errors import RunFailure
-from hpsearch.outages import GaveUp, OutageNotice, first_line, patience
+from hpsearch.outages import GaveUp, OutageNotice, connect_deadline, first_line, patience
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
@@ -51,34 +55,83 @@ def _wrapped(error: BaseException) -> BaseException | None:
     return None
 
 
+# How libpq and SQLite word a refusal that no wait changes (SQLSTATE classes 28 and 3D, 42501, and
+# options the client itself rejects). libpq gives no SQLSTATE for a failed connection, so the text is
+# all there is; a server set to another language words them otherwise, and those are waited out.
+_REFUSALS = re.compile(
+    r"password authentication failed|authentication failed for user|no password supplied"
+    r"|no pg_hba\.conf entry|pg_hba\.conf rejects|is not permitted to log in"
+    r"|(role|database|user) \"[^\"]*\" does not exist|permission denied for database"
+    r"|invalid sslmode value|invalid connection option|invalid integer value|invalid port number"
+    r"|server does not support SSL|certificate verify failed"
+    r"|unable to open database file|attempt to write a readonly database"
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors behind the wrappers that say nothing of their own (see _wrapped)."""
+    chain: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = _wrapped(error)
+    return chain
+
+
+def refusal(exc: BaseException) -> bool:
+    """Whether the database answered `exc` with a refusal that waiting cannot change (see _REFUSALS)."""
+    import sqlalchemy.exc as sa_exc
+
+    return any(isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) and _REFUSALS.search(str(error))
+               for error in _chain(exc))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is the database being unreachable (worth waiting out), not a real error."""
     import sqlalchemy.exc as sa_exc
 
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    if refusal(exc):
+        return False
+    for error in _chain(exc):
         if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
             return True
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
             return True
-        error = _wrapped(error)
     return False
+
+
+def connect_args(url: str, seconds: float | None = None) -> dict[str, Any]:
+    """The driver's arguments for an engine on `url`: a PostgreSQL connection attempt ends after `seconds`
+    (default connect_deadline()), so that a host that drops packets fails an attempt instead of hanging it.
+
+    A connect_timeout in the URL itself is the user's and stays. libpq counts whole seconds, at least 2.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return {}
+    return {"connect_timeout": max(2, math.ceil(connect_deadline() if seconds is None else seconds))}
 
 
 def cause_line(exc: BaseException) -> str:
     """The first line of the driver's error behind `exc` (Optuna's wrapper says only "during the commit")."""
-    seen = {id(exc)}
-    inner = _wrapped(exc)
-    while inner is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        exc, inner = inner, _wrapped(inner)
-    return first_line(exc)
+    return first_line(_chain(exc)[-1])
+
+
+def driver_reason(exc: BaseException) -> str:
+    """cause_line without what the one-line error names already: 'role "x" does not exist', not
+    '(psycopg.OperationalError) connection failed: connection to server at "h", port 5432 failed: FATAL: …'."""
+    line = re.sub(r"^\([\w.]+\) ", "", cause_line(exc))  # SQLAlchemy's "(psycopg.OperationalError) "
+    return re.split(r"failed: (?:FATAL:\s+)?", line)[-1]
 
 
 class DatabaseUnreachable(GaveUp, RunFailure):
     """The database stayed unreachable longer than HPSEARCH_OUTAGE_SECONDS (a RunFailure: one clean line)."""
+
+
+class DatabaseRefused(RunFailure):
+    """The database, reachable earlier in this run, now refuses the connection for good (see refusal)."""
 
 
 _NOTICE = OutageNotice(
@@ -114,6 +167,11 @@ def through_db_outage(fn: Callable[[], T], what: str, should_stop: Callable[[], 
         last = exc.__cause__ if exc.__cause__ is not None else exc
         raise DatabaseUnreachable(f"the database ({what}) was unreachable for {patience():.0f}s "
                                   f"(HPSEARCH_OUTAGE_SECONDS): {cause_line(last)}") from last
+    except Exception as exc:
+        if not refusal(exc):
+            raise
+        # Waiting would not help (a dropped role or database, a changed password): say so at once.
+        raise DatabaseRefused(f"the database ({what}) refuses the connection: {driver_reason(exc)}") from exc
 
 
 class OutageProofStorage(BaseStorage):

@@ -86,10 +86,12 @@ AUTO_CPU_SLOTS_MAX = 8
 
 
 def plan_slots(devices: str | tuple[int, ...], trials_per_device: int | str, gpu_count: int | None = None,
-               cpu_count: int | None = None) -> list[Slot]:
+               cpu_count: int | None = None, trials_left: int | None = None) -> list[Slot]:
     """devices: "auto" | "cpu" | a tuple of GPU indices → one Slot per (device, k < trials_per_device).
 
-    trials_per_device "auto" is 1 per GPU, and auto_cpu_slots() on the CPU.
+    trials_per_device "auto" is 1 per GPU, and auto_cpu_slots() on the CPU. With `trials_left`, no more slots
+    than that: each device gets at most its share of the trials (memory and cores split accordingly), and the
+    last device fewer when they do not divide evenly.
     """
     if devices == "auto":
         n = visible_gpu_count() if gpu_count is None else gpu_count
@@ -107,6 +109,8 @@ def plan_slots(devices: str | tuple[int, ...], trials_per_device: int | str, gpu
         per_device = trials_per_device
     else:  # "auto"
         per_device = auto_cpu_slots(cores) if None in gpus else 1
+    if trials_left is not None:
+        per_device = min(per_device, -(-max(trials_left, 0) // len(gpus)))  # ceil: GPU 0 may get one more
     n_cpu_slots = per_device if None in gpus else 0
     threads = max(1, cores // n_cpu_slots) if n_cpu_slots else None
     # An explicit OMP_NUM_THREADS caps it: several runs sharing a machine must not oversubscribe
@@ -123,4 +127,4 @@ def plan_slots(devices: str | tuple[int, ...], trials_per_device: int | str, gpu
         for _ in range(per_device):
             slots.append(Slot(len(slots), gpu, threads if gpu is None else None,
                               fraction if gpu is not None else None))
-    return slots
+    return slots if trials_left is None else slots[:max(trials_left, 0)]

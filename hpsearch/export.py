@@ -17,10 +17,11 @@ from hpsearch import records, tracking
 from hpsearch.credentials import masked_spec
 from hpsearch.errors import UsageError
 from hpsearch.spec import Spec, fixed_spec, parse_spec
+from hpsearch.study import study_dir
 
 
 def default_export_dir(study_name: str) -> Path:
-    return Path("studies") / study_name / "best"
+    return study_dir(study_name, "best")
 
 
 def spec_of_study(study: optuna.Study) -> Spec:
@@ -53,12 +54,19 @@ def export_best(study: optuna.Study, record: dict[str, Any], out_dir: Path, trac
     spec = spec_of_study(study)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would become the export's own: a folder as mkdir makes it
     try:
         _write_files(spec, record, tmp, tracking_uri)
         _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {name: out_dir / name for name in EXPORT_FILES if (out_dir / name).exists()}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _write_files(spec: Spec, record: dict[str, Any], where: Path, tracking_uri: str) -> None:

@@ -16,6 +16,7 @@ import click
 from hpsearch.credentials import redact
 from hpsearch.devices import Slot
 from hpsearch.records import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
+from hpsearch.terminal import escaped
 
 
 def quiet_libraries() -> None:
@@ -133,7 +134,7 @@ class LiveView:
         )
 
     def _line(self, text: str) -> None:
-        text = redact(text)  # a fail reason may quote a store URL
+        text = escaped(redact(text))  # a fail reason may quote a store URL, or hold control characters
         if self._live is not None:
             self._live.console.print(text, markup=False, highlight=False)
         else:

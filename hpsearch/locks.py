@@ -76,10 +76,14 @@ def file_lock(path: str | Path, timeout: float = LOCK_TIMEOUT_SECONDS,
 def _engine(url: str) -> Any:
     import sqlalchemy
 
+    from hpsearch.db_outages import connect_args
+
     engine = _ENGINES.get(url)
     if engine is None:
-        # Pre-ping: a pooled connection that died with a restarted server is replaced, not used.
-        engine = _ENGINES[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, isolation_level="AUTOCOMMIT")
+        # Pre-ping: a pooled connection that died with a restarted server is replaced, not used;
+        # connect_args: an attempt on a host that drops packets ends instead of hanging the wait.
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, isolation_level="AUTOCOMMIT",
+                                                          connect_args=connect_args(url))
     return engine
 
 

@@ -85,7 +85,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
         spec = with_task_choices(spec, searched)  # this trial's backbone and input size, when searched
         hp = hparams_for(spec, searched)
         run = TrialRun.start(
-            context.client, context.experiment_id, context.parent_run_id, spec.study.name, number, run_params(spec, hp)
+            context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
+            run_params(spec, hp, context.device),
         )
         trial.set_user_attr(records.ATTR_RUN_ID, run.run_id)
         trial.set_user_attr(records.ATTR_WORKER_PID, os.getpid())

@@ -4,6 +4,10 @@ One policy for every such call: retry a transient failure with a doubling, jitte
 (0.5 s up to 10 s) until the outage has lasted `patience()` seconds (HPSEARCH_OUTAGE_SECONDS,
 default 900), then give up with the last error. What is transient is decided by the caller; bad
 input (a 4xx answer, a missing run) fails at once, as it would on the first try.
+
+That patience is for a server that answered in this run and then went away. A store that never
+answered is given `connect_deadline()` seconds (HPSEARCH_CONNECT_TIMEOUT, default 5) by the
+start-up probe (hpsearch.store_probe), which is also each connection attempt's own timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ PATIENCE_ENV = "HPSEARCH_OUTAGE_SECONDS"
 DEFAULT_PATIENCE = 900.0
 FIRST_DELAY = 0.5
 MAX_DELAY = 10.0
+CONNECT_ENV = "HPSEARCH_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_SECONDS = 5.0
 
 
 def seconds_from_env(name: str, default: float) -> float:
@@ -35,6 +41,11 @@ def seconds_from_env(name: str, default: float) -> float:
 def patience() -> float:
     """How long (seconds) an outage is waited out before a call gives up."""
     return seconds_from_env(PATIENCE_ENV, DEFAULT_PATIENCE)
+
+
+def connect_deadline() -> float:
+    """How long (seconds) a store may take to answer at start-up, and one connection attempt at any time."""
+    return seconds_from_env(CONNECT_ENV, DEFAULT_CONNECT_SECONDS)
 
 
 def delays(first: float = FIRST_DELAY, cap: float = MAX_DELAY):

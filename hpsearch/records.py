@@ -81,7 +81,7 @@ class FailureKind(StrEnum):
     REAPED = "reaped"  # its owner was gone, found by a later run
 
 
-# Failures from outside the trial itself: such a trial is retried once with the same parameters.
+# Failures from outside the trial itself: such a trial is retried with the same parameters (study.RETRIES_ALLOWED).
 RETRIED_FAILURES = (FailureKind.KILLED, FailureKind.REAPED, FailureKind.INTERRUPTED)
 
 # ---------------------------------------------------------------- worker → parent events

@@ -75,7 +75,8 @@ def trials_frame(study: optuna.Study, sort: str = "number", top: int | None = No
 
 def _frame_row(row: pd.Series, value: float, names: list[str], last_step: int | None, reports: int
                ) -> dict[str, Any]:
-    if pd.isna(value) and last_step is not None:  # a pruned trial: its last reported value
+    # A pruned or running trial: its last reported value; a failed one has none (its last epoch is no result).
+    if pd.isna(value) and last_step is not None and row[("state", "")] != "FAIL":
         value = row.get(("intermediate_values", last_step), math.nan)
     start, end = row[("datetime_start", "")], row[("datetime_complete", "")]
     run_id = row.get(("user_attrs", records.ATTR_RUN_ID), math.nan)

@@ -33,7 +33,7 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     study.set_user_attr(records.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
-    # fail what is still open, then retry each once with the same parameters. Under the budget lock,
+    # fail what is still open, then retry each with the same parameters (study.RETRIES_ALLOWED). Under the budget lock,
     # so that two runs starting together never enqueue the same retry twice.
     with study_mod.budget_lock(storage_url, spec.study.name):
         reaped = reap_and_close(study, spec.tracking.uri)
@@ -42,6 +42,8 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     counts = study_mod.count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     n = spec.study.n_trials
+    # Never more worker processes than trials left (each imports torch and holds its own data and model).
+    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device, trials_left=n - finished)
     where = study_mod.storage_label(storage_url)
     if resumed:
         click.echo(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hpsearch import checks, registry, strict_yaml
+from hpsearch import checks, credentials, registry, strict_yaml
 from hpsearch.checks import HPARAM_DEFAULTS, SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
 from hpsearch.finetune_checks import check_finetuning
@@ -178,24 +178,12 @@ MAX_FILE_BYTES = 256 << 10  # a space file is a few KB; this bounds the pure-Pyt
 def load_spec(path: str | os.PathLike) -> Spec:
     """Read and validate a search-space file."""
     where = os.fspath(path)
-    try:
-        with open(where, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)  # bounded: `validate /dev/zero` must end too
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise SpecError(where, "no such file") from None
-    except IsADirectoryError:
-        raise SpecError(where, "is a directory, not a file") from None
-    except UnicodeDecodeError:
-        raise SpecError(where, "is not UTF-8 text") from None
-    except OSError as e:
-        raise SpecError(where, e.strerror or str(e)) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError(where, f"is larger than {MAX_FILE_BYTES >> 10} KiB: not a space file")
+    text = strict_yaml.read_text(where, MAX_FILE_BYTES)
     try:
         data = strict_yaml.load(text, where)
         if data is None:
             raise SpecError(where, "empty file")
+        credentials.learn(data)  # its store URLs' passwords, hidden from every message of this process
         return parse_spec(data, source=where)
     except RecursionError:  # strict_yaml caps nesting; this is the net under any other deep walk
         raise SpecError(where, "nested too deeply to read") from None

@@ -5,14 +5,21 @@
 - Aliases (`*name`) are refused: a space file has no use for them, and they are how a few lines expand
   into billions of values when walked ("billion laughs"). Anchors alone are harmless and kept.
 - Nesting deeper than MAX_DEPTH is refused before the composer's recursion can exhaust the stack.
+- Merge keys (`<<:`) are refused: the values they bring in never meet the duplicate-key check, and of two
+  merged mappings the first silently wins.
+- A control byte (NUL, ESC, BEL...) is a YAML error with its line and code point, never the byte itself.
 - A scalar that its constructor refuses (a timestamp `2024-13-45`, an int past Python's digit limit)
   is a YAML error with its line, not a ValueError traceback.
 
 Every refusal is a SpecError naming the file (or, for a duplicate key, the dotted path of the mapping).
+`read_text` reads such a file: a regular file only, bounded.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -52,6 +59,10 @@ class _Loader(yaml.SafeLoader):
             self._trail.pop()
         if isinstance(node, MappingNode):
             self._paths[node] = "".join([*self._trail, segment]).lstrip(".")
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE:
+                    raise ComposerError(None, None, "merge keys (<<) are not allowed in a space file",
+                                        key_node.start_mark)
         return node
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
@@ -66,9 +77,7 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict:
         if isinstance(node, MappingNode):
             seen: set = set()
-            for key_node, _ in node.value:
-                if key_node.tag == _MERGE:
-                    continue  # `<<:` merges are checked by PyYAML's flatten_mapping
+            for key_node, _ in node.value:  # no merge key: compose_node refused them
                 key = self.construct_object(key_node, deep=True)
                 try:
                     again = key in seen
@@ -81,12 +90,58 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def read_text(path: str | os.PathLike, max_bytes: int, kind: str = "space file") -> str:
+    """The UTF-8 text of the regular file `path`, at most `max_bytes`, or a SpecError naming it. Opened without
+    blocking and checked before it is read: a FIFO would block open() forever, a device never ends."""
+    where = os.fspath(path)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SpecError(where, "no such file") from None
+    except OSError as e:
+        raise SpecError(where, e.strerror or str(e)) from None
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError(where, "is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise SpecError(where, "is not a regular file")
+        try:
+            raw = f.read(max_bytes + 1)
+        except OSError as e:
+            raise SpecError(where, e.strerror or str(e)) from None
+    if len(raw) > max_bytes:
+        raise SpecError(where, f"is larger than {max_bytes >> 10} KiB: not a {kind}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(where, "is not UTF-8 text") from None
+
+
 def load(text: str, where: str) -> Any:
     """The one document in `text` (the file `where`), or a SpecError: invalid YAML with its line and column,
-    a duplicate key, an alias, nesting deeper than MAX_DEPTH."""
-    loader = _Loader(text, where)
+    a duplicate key, an alias, a merge key, a control byte, nesting deeper than MAX_DEPTH."""
+    return _read(text, where, lambda loader: loader.get_single_data())
+
+
+def compose(text: str, where: str) -> Node | None:
+    """The node tree of the one document in `text` (each scalar with its place in the text), refused as `load`
+    refuses it."""
+    return _read(text, where, lambda loader: loader.get_single_node())
+
+
+def _read(text: str, where: str, read: Callable[[_Loader], Any]) -> Any:
+    loader = None
     try:
-        return loader.get_single_data()
+        loader = _Loader(text, where)  # its reader refuses control bytes, before a line is parsed
+        return read(loader)
+    except yaml.reader.ReaderError as e:
+        before = text[:e.position]
+        line, column = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)  # PyYAML passes ord(character)
+        what = "control character" if code < 0x20 or 0x7F <= code < 0xA0 else "character"
+        raise SpecError(where, f"invalid YAML at line {line}, column {column}: {what} U+{code:04X} is not allowed"
+                        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = clipped(e.problem or e.context or "malformed", 200)
@@ -95,4 +150,5 @@ def load(text: str, where: str) -> Any:
     except yaml.YAMLError as e:
         raise SpecError(where, f"invalid YAML: {clipped(str(e), 200)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

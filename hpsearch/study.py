@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import records
 from hpsearch.credentials import mask_url, redact
-from hpsearch.db_outages import OutageProofStorage, cause_line, through_db_outage
+from hpsearch.db_outages import OutageProofStorage, cause_line, connect_args, through_db_outage
 from hpsearch.errors import RunFailure, UsageError
 from hpsearch.locks import LOCK_TIMEOUT_SECONDS, file_lock, postgres_lock
 from hpsearch.records import (
@@ -50,6 +51,19 @@ LAST_RUN_FILE = STUDIES_DIR / ".last_run.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def study_dir(name: str, *parts: str) -> Path:
+    """studies/<name>/<parts>: refused (UsageError) unless it resolves inside studies/.
+
+    The name is checked when it is read (checks.study_name); this also catches a studies/<name>
+    that is a link pointing elsewhere, so that report, export and compress never write outside.
+    """
+    path = STUDIES_DIR / name / Path(*parts)
+    root = STUDIES_DIR.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise UsageError(f"study {name!r}: its folder {path} resolves to {path.resolve()}, outside {root}")
+    return path
+
+
 def open_storage(url: str | None) -> BaseStorage:
     """An Optuna storage for a URL, a journal file path, or None (the embedded default)."""
     url = url or DEFAULT_STORAGE
@@ -61,9 +75,11 @@ def open_storage(url: str | None) -> BaseStorage:
         # Machines started together on an empty database would race to create Optuna's tables.
         with budget_lock(url, "schema"):
             # Pool pre-ping replaces connections that died with a restarted server; the wrapper
-            # retries the calls that meet the server down (see db_outages).
+            # retries the calls that meet the server down (see db_outages); connect_args bound each
+            # connection attempt, so that one to a host that drops packets does not hang.
+            engine_kwargs = {"pool_pre_ping": True, "connect_args": connect_args(url)}
             rdb = through_db_outage(
-                lambda: optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}),
+                lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs),
                 f"study storage {mask_url(url)}",
             )
         return OutageProofStorage(rdb, url)
@@ -122,6 +138,8 @@ def set_aside_torn_tail(path: Path) -> int:
     next append is glued onto it and that merged line fails to parse from then on, so every later
     open of the study fails. Call with the journal's lock held. Each tear is appended to the .torn
     file as one line, which is never truncated: the bytes are kept for whoever investigates.
+    A tail that is a whole record (the write was cut just before its newline) is kept instead: its
+    newline is added, and the trial it finished stays finished.
     """
     try:
         journal = open(path, "r+b")
@@ -145,6 +163,11 @@ def set_aside_torn_tail(path: Path) -> int:
             start = chunk_start
         journal.seek(start)
         torn = journal.read()
+        if _whole_record(torn):
+            journal.write(b"\n")  # the read left the file position at its end
+            journal.flush()
+            os.fsync(journal.fileno())
+            return 0
         # Keep the bytes durably before cutting them: a crash in between leaves a copy, never a loss.
         with open(path.with_name(path.name + TORN_SUFFIX), "ab") as kept:
             kept.write(torn + b"\n")
@@ -154,6 +177,14 @@ def set_aside_torn_tail(path: Path) -> int:
         journal.flush()
         os.fsync(journal.fileno())
     return len(torn)
+
+
+def _whole_record(line: bytes) -> bool:
+    # Optuna writes each record as one JSON object: no proper prefix of one parses as an object.
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # UnicodeDecodeError included
+        return False
 
 
 def journal_damage(path: Path, shown: str, exc: Exception) -> str:
@@ -177,6 +208,10 @@ def storage_label(url: str | None) -> str:
 
 
 def load_existing_study(name: str, storage_url: str | None) -> optuna.Study:
+    """The study `name` in the storage (UsageError when it has none); a storage that never answers fails fast."""
+    from hpsearch.store_probe import check_storage
+
+    check_storage(storage_url)
     storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
@@ -351,19 +386,39 @@ def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
     return reaped
 
 
-def _retried_numbers(study: optuna.Study) -> set[int]:
-    return {t.user_attrs[ATTR_RETRY_OF] for t in study.get_trials(deepcopy=False) if ATTR_RETRY_OF in t.user_attrs}
+# How many times a configuration is retried after an attempt that failed this way (None: until it runs).
+RETRIES_ALLOWED: dict[str, int | None] = {
+    # The user stopped the run: that says nothing about the configuration.
+    FailureKind.INTERRUPTED: None,
+    # The run died around it (kill -9, a reboot); a few, for one that takes its whole run down each time.
+    FailureKind.REAPED: 3,
+    # Its own worker died or ran out of memory beside neighbours: possibly its own doing.
+    FailureKind.KILLED: 1,
+    FailureKind.OOM: 1,
+}
+
+
+def _configuration(trial: FrozenTrial) -> int:
+    """The trial whose configuration `trial` runs: itself, or the first one a retry retries."""
+    return trial.user_attrs.get(ATTR_RETRY_OF, trial.number)
 
 
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
-    """Enqueue a single retry of a failed trial with the same parameters; a retry is never retried again.
+    """Enqueue a retry of a failed trial with the same parameters, unless its configuration is done with.
 
-    Whether a trial was retried is read from the retries themselves (a finished trial is immutable),
-    and so is why: `reason` is kept on the retry as ATTR_RETRY_REASON.
+    A configuration's attempts are read from the study (a finished trial is immutable): its first trial and
+    every retry, which carries the first one's number (ATTR_RETRY_OF) and why it was made (ATTR_RETRY_REASON).
+    Only the last attempt is retried, and only while each way its attempts failed is within RETRIES_ALLOWED:
+    a retry interrupted in turn is retried again, until the configuration has really run.
     """
-    if ATTR_RETRY_OF in trial.user_attrs or trial.number in _retried_numbers(study):
+    first = _configuration(trial)
+    attempts = [t for t in study.get_trials(deepcopy=False) if _configuration(t) == first]
+    if any(t.number > trial.number for t in attempts):
         return False
-    attrs: dict[str, Any] = {ATTR_RETRY_OF: trial.number}
+    failures = Counter(t.user_attrs.get(records.ATTR_FAILURE) for t in attempts if t.state == TrialState.FAIL)
+    if any(allowed is not None and failures[kind] > allowed for kind, allowed in RETRIES_ALLOWED.items()):
+        return False
+    attrs: dict[str, Any] = {ATTR_RETRY_OF: first}
     if reason:
         attrs[ATTR_RETRY_REASON] = reason
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
@@ -371,14 +426,16 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = 
 
 
 def retry_candidates(study: optuna.Study) -> list[FrozenTrial]:
-    """FAIL trials that died for reasons outside the trial itself (killed, reaped, interrupted), not yet retried."""
-    retried = _retried_numbers(study)
+    """FAIL trials that died for reasons outside the trial itself (killed, reaped, interrupted), each the last
+    attempt at its configuration (enqueue_retry decides whether it has retries left)."""
+    trials = study.get_trials(deepcopy=False)
+    last = {_configuration(t): t.number for t in sorted(trials, key=lambda t: t.number)}
     return [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get(records.ATTR_FAILURE) in records.RETRIED_FAILURES
-        and ATTR_RETRY_OF not in t.user_attrs
-        and t.number not in retried
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get(records.ATTR_FAILURE) in records.RETRIED_FAILURES
+        and last[_configuration(t)] == t.number
     ]
 
 
@@ -408,8 +465,19 @@ def remember_last_run(last: LastRun) -> None:
 
 
 def last_run() -> LastRun | None:
+    """The study last run from this folder; None when no file says so or it does not read as one.
+
+    A broken file counts as absent, never as an error: it is only a pointer that the next run rewrites,
+    and it must not stop `--study NAME` or `ui`, which merely consult it.
+    """
     try:
         data = json.loads(LAST_RUN_FILE.read_text())
     except (OSError, ValueError):
         return None
-    return LastRun(data["study_name"], data.get("storage"), data["tracking_uri"], data.get("space_file"))
+    if not isinstance(data, dict):
+        return None
+    name, storage, uri, space = (data.get(k) for k in ("study_name", "storage", "tracking_uri", "space_file"))
+    if not (isinstance(name, str) and isinstance(uri, str)) or not all(v is None or isinstance(v, str)
+                                                                        for v in (storage, space)):
+        return None
+    return LastRun(name, storage, uri, space)

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import records, tracking
-from hpsearch.credentials import mask_url, redact
+from hpsearch.credentials import mask_url, masked_space_file, redact
 from hpsearch.outages import first_line
 from hpsearch.study import pareto_front
 from hpsearch.visual_report import REPORT_PAGE, Report, RunLinks, write_report
@@ -168,9 +168,10 @@ def _attach_space(client: MlflowClient, run_id: str, study: optuna.Study) -> Non
     import yaml
 
     source = study.user_attrs.get(records.STUDY_SPACE_FILE)
-    if source and Path(source).is_file():
-        # The file may hold a store URL with its password: it goes to MLflow masked, like everything else.
-        client.log_text(run_id, redact(Path(source).read_text()), f"{SPACE_ARTIFACTS}/{Path(source).name}")
+    # The file may hold a store URL with its password: it goes to MLflow masked by value, like everything else.
+    text = masked_space_file(source) if source else None
+    if text is not None:
+        client.log_text(run_id, text, f"{SPACE_ARTIFACTS}/{Path(source).name}")
     resolved = study.user_attrs.get(records.STUDY_SPEC)
     if resolved:
         client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), f"{SPACE_ARTIFACTS}/{RESOLVED_SPACE}")

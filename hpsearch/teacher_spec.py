@@ -29,7 +29,7 @@ from hpsearch.config import DataConfig
 from hpsearch.params import DISTILL_HPARAMS
 
 EXPORT_AT = "task.teacher.export"
-_BEST_YAML_BYTES = 256 << 10  # an export's best.yaml is a few KB, as any space file
+_EXPORT_FILE_BYTES = 256 << 10  # an export's best.yaml and trial.json are a few KB, as any space file
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,9 @@ def _exported_model(best_yaml: Path) -> tuple[str, str]:
     """(model name, weights) from an export's best.yaml, `task.model` as the spec reads it."""
     where = str(best_yaml)
     try:
-        with open(best_yaml, "rb") as f:
-            text = f.read(_BEST_YAML_BYTES + 1).decode("utf-8")
-        data = strict_yaml.load(text, where)
+        data = strict_yaml.load(strict_yaml.read_text(where, _EXPORT_FILE_BYTES), where)
     except SpecError as e:
         raise SpecError(EXPORT_AT, str(e)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(EXPORT_AT, f"{where}: cannot be read ({e})") from None
     task = data.get("task") if isinstance(data, dict) else None
     model = task.get("model") if isinstance(task, dict) else None
     if isinstance(model, str):
@@ -164,10 +160,17 @@ def _exported_model(best_yaml: Path) -> tuple[str, str]:
 
 
 def _val_accuracy(trial_json: Path) -> float | None:
-    """The exported trial's validation accuracy, when its study was tuned on it (trial.json is informative only)."""
+    """The exported trial's validation accuracy, when its study was tuned on it (trial.json is informative only:
+    missing or not JSON, there is none; one that cannot be read safely is refused, naming it)."""
+    if not trial_json.exists():
+        return None
     try:
-        record = json.loads(trial_json.read_text())
-    except (OSError, ValueError):
+        record = json.loads(strict_yaml.read_text(trial_json, _EXPORT_FILE_BYTES, "trial record"))
+    except SpecError as e:  # a FIFO, a device, a huge file: the export's problem, named
+        raise SpecError(EXPORT_AT, str(e)) from None
+    except RecursionError:  # else blamed on the space file by load_spec's net
+        raise SpecError(EXPORT_AT, f"{trial_json}: nested too deeply to read") from None
+    except ValueError:
         return None
     if not isinstance(record, dict) or record.get("metric") != "val_accuracy":
         return None

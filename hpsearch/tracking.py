@@ -78,7 +78,11 @@ def unreachable(exc: BaseException) -> bool:
     import sqlalchemy.exc
     from mlflow.exceptions import RestException
 
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, sqlalchemy.exc.OperationalError)):
+    if isinstance(exc, sqlalchemy.exc.OperationalError):  # a database-backed store (no server between)
+        from hpsearch.db_outages import refusal
+
+        return not refusal(exc)  # a dropped database or a changed password is not waited out
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError)):
         return True
     if isinstance(exc, requests.HTTPError):
         return exc.response is not None and exc.response.status_code in _TRANSIENT_HTTP

@@ -7,10 +7,11 @@ ragged last batch of an epoch takes an eager step beside the graph), inputs copi
 buffers, the learning rate as a device tensor the scheduler updates in place, and the running loss
 summed on the device so that nothing syncs with the host until the epoch ends. A capture that
 fails falls back to eager steps and turns graphs off for the rest of the process
-(graphs_disabled_reason). Gradual unfreezing (hp.unfreeze_epoch) changes what the step trains, so the
-graph is dropped then and captured again. On the CPU everything runs eagerly in fp32. With a teacher
-(knowledge distillation, teacher.py) the step's loss takes the teacher's predictions on the same batch: its
-forward runs inside the step, so inside the captured graph, under no_grad.
+(graphs_disabled_reason); one that ran out of memory raises the OOM, as an eager step would. Gradual
+unfreezing (hp.unfreeze_epoch) changes what the step trains, so the graph is dropped then and captured
+again. On the CPU everything runs eagerly in fp32. With a teacher (knowledge distillation, teacher.py) the
+step's loss takes the teacher's predictions on the same batch: its forward runs inside the step, so inside
+the captured graph, under no_grad.
 
 Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's dependencies).
 """
@@ -36,7 +37,7 @@ from hpsearch.data import batch_bounds
 from hpsearch.finetune import group_lrs, param_groups
 from hpsearch.models import freeze_stages, set_train_mode
 from hpsearch.params import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
-from hpsearch.teacher import distillation_loss
+from hpsearch.teacher import distillation_loss, prepare_teacher
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy optimizer state, cuDNN autotuning)
 WARMUP_START_FACTOR = 0.01  # linear warm-up starts at 1% of lr, as torchvision's reference recipe
@@ -223,6 +224,12 @@ def _memory_format(device: torch.device, settings: TrainSettings) -> torch.memor
     return torch.contiguous_format
 
 
+def training_format(device: torch.device | str, settings: TrainSettings) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last): how a model trained on `device` computes (for costs.LatencyFormat)."""
+    device = torch.device(device)
+    return _bf16(device, settings), _memory_format(device, settings) == torch.channels_last
+
+
 def evaluate(model: nn.Module, split, *, device, settings: TrainSettings = TrainSettings(),
              batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over the whole split, unaugmented. Leaves the model in eval mode.
@@ -290,6 +297,15 @@ def _describe(error: BaseException) -> str:
     return line(error) if cause is None else f"{line(cause)} (then {line(error)})"
 
 
+def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:
+    """The out-of-memory error behind a failed capture (raised inside it, or the one capture_end then
+    tripped over), or None."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, torch.OutOfMemoryError):
+            return e
+    return None
+
+
 def _release_unfinished_pool(pool) -> bool:
     """End the allocator's routing into a failed capture's pool and release the pool, when capture_end
     raised before doing so (True); False when the capture never began or capture_end got that far."""
@@ -302,6 +318,25 @@ def _release_unfinished_pool(pool) -> bool:
         return False
     torch._C._cuda_releasePool(index, pool)
     return True
+
+
+def _complete_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give every SGD parameter that has no momentum buffer yet a zero one.
+
+    After unfreezing, a group can mix parameters that stepped (buffers) with ones that never did: fused
+    SGD (the CUDA-graph path) takes its first-step branch only when no parameter of the group has a buffer,
+    and otherwise hands torch._fused_sgd_ a None. A zero buffer steps exactly as that first step would
+    (buf = grad, dampening being 0). Adam, AdamW and RMSprop create each parameter's state on its own.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if not group["momentum"]:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -348,8 +383,7 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:  # in place, once per worker: a cached teacher is already there
             dtype = torch.bfloat16 if _bf16(self.device, settings) else torch.float32
-            teacher.to(self.device, dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
-            teacher.eval().requires_grad_(False)
+            prepare_teacher(teacher, self.device, dtype, self.memory_format)
         # The one check: without a teacher a step computes exactly the loss it always did.
         self.loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
             self._plain_loss if teacher is None else self._distilled_loss)
@@ -474,6 +508,7 @@ class Trainer:
         graph: torch.cuda.CUDAGraph | None = None
         pool = None
         failure: str | None = None
+        oom: torch.OutOfMemoryError | None = None
         try:
             try:
                 graph = torch.cuda.CUDAGraph()
@@ -486,6 +521,9 @@ class Trainer:
                 torch.cuda.set_stream(previous)
         except Exception as e:
             failure = _describe(e)
+            oom = _out_of_memory(e)
+            if oom is not None:  # its traceback's frames hold the capture's tensors: let them go with the rest
+                oom.__traceback__ = None
         if failure is None:
             self._graph, self._static = graph, (static_x, static_y)
             return None
@@ -499,6 +537,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # grads made during the capture live in its pool
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
+        if oom is not None:  # not the capture's fault: the trial's OOM handling (a retry) decides, graphs stay on
+            raise oom
         return failure
 
     # ---- one epoch
@@ -508,6 +548,7 @@ class Trainer:
         the next full batches warm up (creating the new parameters' optimizer state) and capture again."""
         freeze_stages(self.model, 0)
         self.unfreeze_epoch = None
+        _complete_momentum_buffers(self.optimizer)
         if self._graph is not None:
             torch.cuda.synchronize(self.device)  # no replay in flight when the graph and its pool go
         self._graph = self._static = None

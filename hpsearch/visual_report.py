@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import records
 from hpsearch.credentials import redact
 from hpsearch.outages import first_line
+from hpsearch.study import study_dir
 
 REPORT_PAGE = "report.html"
 SLICE_PARAMS = 3  # the slice plot shows the most important few: one panel per parameter
@@ -34,7 +35,7 @@ STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "
 
 
 def default_report_dir(study_name: str) -> Path:
-    return Path("studies") / study_name / "report"
+    return study_dir(study_name, "report")
 
 
 class NotDrawn(Exception):
@@ -346,7 +347,11 @@ def _view(study: optuna.Study, metric: str | None) -> _View:
         note = f"Importances need at least two completed trials; this study has {len(complete)}."
     elif not multi:
         try:
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():
+                # Its evaluator warns (two lines on stderr, every report) when few trials fall in a range of
+                # a parameter: with a few dozen trials that is the rule, and importances are an estimate anyway.
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(study)
         except Exception as exc:
             note = f"Importances could not be computed: {first_line(exc)}."
     else:

@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hpsearch.synthetic import write_image_folder
 
@@ -34,6 +33,8 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def write_space(workdir):
+    import yaml  # here, not at the top: tests/trainer_tests load this file on GPU boxes with torch alone
+
     def write(override: dict | None = None, name: str = "tiny.yaml", drop: tuple[str, ...] = ()) -> Path:
         data = merge(TINY_SPACE, override or {})
         for key in drop:
@@ -168,6 +169,8 @@ FINISHED_SPACE = {
 @pytest.fixture(scope="session")
 def finished_study_template(tmp_path_factory) -> Path:
     import shutil
+
+    import yaml
 
     from .support import run_cli
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import optuna
 import pytest
@@ -115,3 +116,16 @@ def test_an_export_that_fails_half_way_leaves_nothing(capsys, workdir, monkeypat
         export_best(study, record, out, "sqlite:///mlruns/mlflow.db", force=True)
     # the old export is untouched: it was never half-replaced
     assert (out / "best.yaml").read_text() == "old: true\n" and (out / "model.pt").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_an_export_folder_gets_the_permissions_the_umask_gives(capsys, workdir, umask):
+    storage, _ = make_study(workdir)
+    out = workdir / "exports" / "winner"
+    previous = os.umask(umask)
+    try:
+        code, _, err = export(capsys, storage, out)
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not mkdtemp's 0700

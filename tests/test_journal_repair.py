@@ -54,6 +54,24 @@ def test_a_torn_tail_is_set_aside_and_the_study_goes_on(workdir, capsys):
     assert capsys.readouterr().err == ""  # a whole journal opens silently
 
 
+def test_a_whole_last_record_without_its_newline_is_kept(workdir, capsys):
+    """A write cut just before its newline leaves the record whole: the trial it finished stays finished."""
+    _study_with_trials(3)
+    journal = _journal(workdir)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-1])  # the last record is trial 2's tell: COMPLETE, value 2.0
+
+    study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
+    complete = optuna.trial.TrialState.COMPLETE
+    assert [(t.state, t.value) for t in study.trials] == [(complete, 0.0), (complete, 1.0), (complete, 2.0)]
+    assert journal.read_bytes() == whole  # its newline added back, nothing set aside
+    assert not (workdir / f"{DEFAULT_STORAGE}{TORN_SUFFIX}").exists()
+    assert capsys.readouterr().err == ""
+    study.tell(study.ask(), 9.0)  # and the next record is not glued onto it
+    again = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
+    assert [t.value for t in again.trials] == [0.0, 1.0, 2.0, 9.0]
+
+
 def test_a_tail_torn_while_a_study_is_open_is_set_aside_before_the_next_write(workdir, capsys):
     study = _study_with_trials(2)  # this process runs on, while another one dies mid-append
     torn = _tear(_journal(workdir))

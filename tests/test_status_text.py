@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -37,3 +39,18 @@ def test_live_view_prints_a_fail_reason_with_markup(capsys):
         live.close()
     out = capsys.readouterr().out
     assert "[/x]" in out and "[bold]" in out
+
+
+@pytest.mark.parametrize("state, value", [(optuna.trial.TrialState.FAIL, None),
+                                          (optuna.trial.TrialState.PRUNED, 0.75)])
+def test_status_shows_a_pruned_trials_last_value_and_no_value_for_a_failed_one(capsys, workdir, state, value):
+    storage = str(workdir / "studies" / "journal.log")
+    study = optuna.create_study(study_name="tiny", storage=open_storage(storage), direction="maximize")
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)})
+    trial.report(0.75, 1)  # its last epoch's: a result only for a trial the pruner stopped
+    study.tell(trial, state=state)
+    with pytest.raises(SystemExit) as exc:
+        main(["status", "--study", "tiny", "--storage", storage, "--format", "json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    assert json.loads(out)[0]["value"] == value

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
-from hpsearch import objective, tracking
+from hpsearch import objective, records, tracking
+from hpsearch import study as study_mod
 from hpsearch.objective import TrialContext, run_trial
+from hpsearch.records import FailureKind
 from hpsearch.registry import build_pruner, build_sampler, trial_seed
 from hpsearch.spec import load_spec
 from hpsearch.study import create_or_resume
 from hpsearch.train import NonFiniteLoss
+
+from .support import run_cli, wait_for
+from .test_workers import assert_nothing_left_running, interrupt, load, start_run_until_mid_trial
 
 
 @pytest.fixture
@@ -157,3 +168,82 @@ def test_a_trial_reaped_by_another_run_while_it_trains_ends_cleanly(context, mon
     # and the worker goes on: the next trial runs normally
     monkeypatch.setattr(objective, "build_trainer", real)
     assert run_trial(context, context.study.ask()._trial_id).state == "COMPLETE"
+
+
+# ------------------------------------------------------------------ retries, until the configuration has run
+
+K = FailureKind
+
+
+# The failures of a configuration's attempts so far, the last one first retried or not.
+ATTEMPTS = [
+    pytest.param((K.INTERRUPTED,), True, id="interrupted"),
+    pytest.param((K.INTERRUPTED, K.REAPED), True, id="interrupted-then-its-retry-killed-outright"),
+    pytest.param((K.INTERRUPTED, K.INTERRUPTED), True, id="interrupted-twice"),
+    pytest.param((K.INTERRUPTED,) * 6, True, id="interrupted-six-times"),
+    pytest.param((K.INTERRUPTED, K.KILLED), True, id="interrupted-then-its-worker-killed"),
+    pytest.param((K.KILLED,), True, id="worker-killed"),
+    pytest.param((K.KILLED, K.INTERRUPTED), True, id="worker-killed-then-interrupted"),
+    pytest.param((K.KILLED, K.KILLED), False, id="worker-killed-twice"),
+    pytest.param((K.REAPED,) * 3, True, id="reaped-three-times"),
+    pytest.param((K.REAPED,) * 4, False, id="reaped-four-times"),
+    pytest.param((K.OOM, K.INTERRUPTED), True, id="oom-beside-neighbours-then-interrupted"),
+    pytest.param((K.OOM, K.OOM), False, id="oom-beside-neighbours-twice"),
+]
+
+
+@pytest.mark.parametrize("failures, retried", ATTEMPTS)
+def test_a_configuration_is_retried_until_it_has_really_run(failures, retried):
+    study = optuna.create_study()
+    for i, failure in enumerate(failures):
+        if i:
+            assert study_mod.enqueue_retry(study, study.trials[-1])
+        trial = study.ask()  # the next worker takes the retry first
+        trial.suggest_float("lr", 1e-3, 1e-1)
+        records.fail_trial(study, trial, "why", failure)
+    last = study.trials[-1]
+    if failure in records.RETRIED_FAILURES:  # what the next run looks at (OOM is retried at once, or never)
+        assert study_mod.retry_candidates(study) == [last]
+    assert study_mod.enqueue_retry(study, last) is retried
+    if retried:
+        waiting = study.trials[-1]
+        assert waiting.state == TrialState.WAITING and waiting.system_attrs["fixed_params"] == study.trials[0].params
+        assert waiting.user_attrs[records.ATTR_RETRY_OF] == 0  # the first attempt: every retry names it
+        assert not study_mod.enqueue_retry(study, last)  # once per attempt, however often asked
+
+
+def _retry_mid_training(workdir, of: int):
+    try:
+        trials = load(workdir).get_trials(states=(TrialState.RUNNING,))
+    except (KeyError, FileNotFoundError):
+        return None
+    return next((t for t in trials if t.user_attrs.get(records.ATTR_RETRY_OF) == of and t.intermediate_values), None)
+
+
+@pytest.mark.slow
+def test_a_retry_interrupted_again_is_retried_until_its_configuration_completes(write_space, workdir):
+    """Ctrl-C mid-trial, then kill -9 of the run that retries it: the next run retries it once more."""
+    space = write_space({"study": {"n_trials": 2}, "train": {"epochs": 6}})
+    proc, victim = start_run_until_mid_trial(space, workdir)
+    output, _ = interrupt(proc)
+    assert proc.returncode == 130, output
+
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(space)], cwd=workdir,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        retry = wait_for(lambda: _retry_mid_training(workdir, victim.number), 240, "the retry mid-training")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert load(workdir).trials[retry.number].state == TrialState.RUNNING  # nobody closed it
+
+    result = run_cli("run", str(space), cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"retrying trial(s) {retry.number}" in result.stdout
+    study = load(workdir)
+    attempts = [t for t in study.trials if victim.number in (t.number, t.user_attrs.get(records.ATTR_RETRY_OF))]
+    assert [t.state for t in attempts] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.user_attrs.get(records.ATTR_FAILURE) for t in attempts[:2]] == ["interrupted", "reaped"]
+    assert all(t.params == victim.params for t in attempts)  # the configuration has really run
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
+    assert_nothing_left_running(workdir)

@@ -228,3 +228,18 @@ def test_a_200_trial_study_reports_and_tells_its_story_in_seconds(tmp_path, monk
     assert len(history) == len(finished) == 150
     assert min(m.value for m in history) == pytest.approx(1 / 17) and not any(math.isnan(m.value) for m in history)
     assert run.data.tags["best.optimizer"] == str(study.best_trial.params["optimizer"])
+
+
+def test_importances_of_a_resumed_study_with_an_edited_range_print_no_warning(tmp_path):
+    """A range widened between runs leaves a parameter's values thin in parts: Optuna's importance evaluator
+    warned about it on stderr (two lines, every report)."""
+    import warnings
+
+    study = optuna.create_study(direction="maximize")
+    for i in range(6):
+        dist = FloatDistribution(0.0, 1.0 + i)  # the space file's range, edited before each resume
+        study.add_trial(create_trial(params={"a": 0.5 + i / 2}, distributions={"a": dist}, value=float(i)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_report(study, tmp_path)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []

@@ -1,6 +1,7 @@
 """Broken and hostile space files: each is refused with exit 2 and one short line naming the field, fast,
 never a traceback (non-finite and oversized numbers, duplicate keys, dot-only study names, deep nesting,
-aliases, huge values)."""
+aliases, merge keys, control bytes, huge values); and the files a space file leads to (a teacher's export), a
+FIFO given as one, worker counts. Each kind is a table: a new finding is one more row."""
 
 import time
 
@@ -100,6 +101,21 @@ CASES = [
     ("long-list", HEAD + "train: {lr: [" + ", ".join(["1"] * 20_000) + "]}\n",
      "train.lr: must be a number, got [1, 1, 1, 1, 1, 1, ...]"),
     ("too-large-file", HEAD + "#" + "x" * 300_000 + "\n", "{file}: is larger than 256 KiB: not a space file"),
+    # control bytes, which PyYAML refuses before it reads a line (the message names the byte, never prints it)
+    ("control-nul", HEAD + "train: {optimizer: 'a\x00b'}\n",
+     "{file}: invalid YAML at line 3, column 22: control character U+0000 is not allowed"),
+    ("control-esc", HEAD + "train: {optimizer: sgd}  # \x1b[2J\n",
+     "{file}: invalid YAML at line 3, column 28: control character U+001B is not allowed"),
+    ("control-bel-in-key", "\x07: 1\n" + HEAD,
+     "{file}: invalid YAML at line 1, column 1: control character U+0007 is not allowed"),
+    # merge keys: `<<` values never meet the duplicate-key check, and the first merged mapping wins silently
+    ("merge-key-twice", "study: {name: t, <<: {n_trials: 3}, <<: {n_trials: 4}}\n" + TASK,
+     "{file}: invalid YAML at line 1, column 18: merge keys (<<) are not allowed in a space file"),
+    ("merge-key-list", "study:\n  name: t\n  <<: [{n_trials: 3}, {n_trials: 4}]\n" + TASK,
+     "{file}: invalid YAML at line 3, column 3: merge keys (<<) are not allowed in a space file"),
+    # a bound on the worker processes (each holds a copy of the data and the model)
+    ("trials-per-device-huge", HEAD + "resources: {trials_per_device: 1000000000}\n",
+     "resources.trials_per_device: must be at most 64, got 1000000000"),
     # low == high: refused by decision (see space._parse_param), also when only the floats are equal
     ("int-range-of-one", HEAD + "search_space:\n  batch_size: {type: int, low: 64, high: 64}\n",
      "search_space.batch_size: low equals high (to fix a value, put it under train), got low=64, high=64"),
@@ -160,7 +176,93 @@ def test_study_name_option_refuses_dots():
     assert str(info.value) == "--study-name: must not be only dots, got '..'"
 
 
+@pytest.mark.parametrize("command", ["validate", "train"])
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in CASES if c[0].startswith("control-")],
+                         ids=[c[0] for c in CASES if c[0].startswith("control-")])
+def test_control_bytes_in_any_command_s_file(tmp_path, capsys, command, text, message):
+    """A `train` config is read as a space file is: the same one line naming its file and line."""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message.format(file=path)}"]
+
+
+# (id, files written over a complete export, the line `validate` prints); {dir} is the export folder
+TEACHER_CASES = [
+    ("best-yaml-control-byte", {"best.yaml": "task: {model: {name: mobilenet_v3_small, weights: 'n\x1bone'}}\n"},
+     "task.teacher.export: {dir}/best.yaml: invalid YAML at line 1, column 53: control character U+001B is not "
+     "allowed"),
+    ("best-yaml-merge-key",
+     {"best.yaml": "task:\n  <<: {model: {name: alexnet}}\n  model: {name: mobilenet_v3_small}\n"},
+     "task.teacher.export: {dir}/best.yaml: invalid YAML at line 2, column 3: merge keys (<<) are not allowed in a "
+     "space file"),
+    ("trial-json-deep", {"trial.json": "[" * 100_000 + "]" * 100_000},
+     "task.teacher.export: {dir}/trial.json: nested too deeply to read"),
+    ("trial-json-huge", {"trial.json": "[" * 200_000 + "]" * 200_000},
+     "task.teacher.export: {dir}/trial.json: is larger than 256 KiB: not a trial record"),
+]
+
+
+@pytest.mark.parametrize(("files", "message"), [c[1:] for c in TEACHER_CASES], ids=[c[0] for c in TEACHER_CASES])
+def test_hostile_teacher_files_are_blamed_on_the_teacher(tmp_path, capsys, files, message):
+    import yaml as pyyaml
+
+    from .helpers import BASE
+    from .test_teacher_refusals import write_export
+
+    export = write_export(tmp_path / "teacher")
+    for name, text in files.items():
+        (export / name).write_text(text)
+    space = dict(BASE, task={"model": BASE["task"]["model"], "teacher": {"export": str(export)},
+                             "data": {"name": "fake", "image_size": 16}})
+    path = tmp_path / "s.yaml"
+    path.write_text(pyyaml.safe_dump(space))
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message.format(dir=export)}"]
+
+
+def test_a_fifo_or_a_device_is_no_space_file(tmp_path):
+    """`validate` on a FIFO blocked forever in open(); a device never ends. Both are one line, at once."""
+    import os
+
+    from ..support import run_cli
+
+    fifo = tmp_path / "s.yaml"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        result = run_cli("validate", str(path), cwd=tmp_path, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"error: {path}: is not a regular file"]
+
+
+def test_trials_per_device_is_bounded_on_the_command_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path), "--trials-per-device", "1000000000"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --trials-per-device: must be at most 64, got 1000000000"]
+
+
+def test_no_more_workers_than_trials_left(monkeypatch):
+    from hpsearch.devices import plan_slots
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    assert len(plan_slots("auto", 64, gpu_count=2, trials_left=3)) == 3
+    assert [s.gpu for s in plan_slots("auto", 4, gpu_count=2, trials_left=3)] == [0, 0, 1]
+    # CPU slots split the cores between the trials there are
+    assert [s.threads for s in plan_slots("cpu", "auto", gpu_count=0, cpu_count=8, trials_left=2)] == [4, 4]
+    assert plan_slots("cpu", 3, gpu_count=0, cpu_count=2, trials_left=0) == []
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
+    ("trials_per_device", "1000000000", "--trials-per-device: must be at most 64, got 1000000000"),
     ("timeout", "9" * 400, f"--timeout: must be at most 100 years, got {shown('9' * 400)}"),
     ("n_trials", "9" * 25, f"--n-trials: {INT64}, got {'9' * 25}"),
     ("n_trials", "²", "--n-trials: must be an integer, got '²'"),  # str.isdigit() is true of it, int() refuses it
@@ -198,13 +300,12 @@ def test_a_recursion_error_anywhere_is_one_line_naming_the_file(tmp_path, monkey
     assert str(info.value) == f"{path}: nested too deeply to read"
 
 
-def test_anchors_merges_and_deep_enough_nesting_still_load(tmp_path):
-    """What the strict loader keeps: an anchor alone, a `<<:` merge of an inline mapping (its keys may be
-    overridden: that is no duplicate), and nesting up to the cap."""
+def test_anchors_and_deep_enough_nesting_still_load(tmp_path):
+    """What the strict loader keeps: an anchor alone, and nesting up to the cap."""
     path = tmp_path / "s.yaml"
     nested = "[" * (strict_yaml.MAX_DEPTH - 4) + "]" * (strict_yaml.MAX_DEPTH - 4)
     path.write_text(
-        "study: &s {name: t, <<: {n_trials: 3, metric: val_accuracy}, n_trials: 5}\n" + TASK
+        "study: &s {name: t, metric: val_accuracy, n_trials: 5}\n" + TASK
         + f"search_space:\n  lr: {{type: float, low: 0.001, high: 0.1}}\n# {nested}\n"
     )
     spec = load_spec(path)

@@ -38,6 +38,7 @@ def small_cnn() -> nn.Module:
 
 
 def digits():
+    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     return load_data(DIGITS, "cpu", IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -59,11 +60,17 @@ def trained():
 @pytest.fixture(scope="module")
 def resnet_int8():
     """ResNet-18 (from scratch, 10 classes) and its int8 model at 32 px (~10 s: export, calibration, lowering)."""
+    pytest.importorskip("torchao")
     torch.set_num_threads(1)
     seed_everything(0)
     model = build_model("resnet18", 10).eval()
     calibration = [torch.randn(16, 3, 32, 32) for _ in range(2)]
     return model, quantize_int8(model, calibration, 32)
+
+
+@pytest.fixture
+def needs_torchao():
+    pytest.importorskip("torchao")  # int8 is torchao's; GPU boxes may have torch alone
 
 
 # --------------------------------------------------------------------------- pruning
@@ -144,6 +151,7 @@ def test_pruning_refuses_a_bad_amount_and_a_model_without_layers():
 # --------------------------------------------------------------------------- int8
 
 
+@pytest.mark.usefixtures("needs_torchao")
 def test_int8_model_predicts_like_the_float_model(trained):
     model, data = trained
     q = quantize_int8(model, calibration_batches(data.train), 16)
@@ -182,6 +190,7 @@ def test_int8_resnet18_runs_with_residual_adds_and_its_file_is_a_quarter(resnet_
     assert costs.latency_ms(q, 32) < 1.5 * costs.latency_ms(model, 32)
 
 
+@pytest.mark.usefixtures("needs_torchao")
 def test_int8_file_loads_back_and_predicts_the_same(trained, tmp_path):
     model, data = trained
     q = quantize_int8(model, calibration_batches(data.train, batches=2), 16)
@@ -194,6 +203,7 @@ def test_int8_file_loads_back_and_predicts_the_same(trained, tmp_path):
     assert evaluate(loaded, data.val, device="cpu") == evaluate(q, data.val, device="cpu")
 
 
+@pytest.mark.usefixtures("needs_torchao")
 def test_pruned_then_int8_keeps_the_zeros_and_leaves_the_model_alone(trained):
     model, data = trained
     pruned = copy.deepcopy(model)
@@ -209,6 +219,7 @@ def test_pruned_then_int8_keeps_the_zeros_and_leaves_the_model_alone(trained):
         assert (q(x).argmax(1) == pruned(x).argmax(1)).float().mean() >= 0.9
 
 
+@pytest.mark.usefixtures("needs_torchao")
 def test_quantization_does_not_warn(trained):
     model, data = trained
     with warnings.catch_warnings():
@@ -228,6 +239,7 @@ class Branchy(nn.Module):
         return -self.linear(x.flatten(1))
 
 
+@pytest.mark.usefixtures("needs_torchao")
 def test_a_model_that_cannot_be_quantized_is_refused_clearly():
     with pytest.raises(ValueError, match=r"int8 quantization of Branchy failed at torch.export: "):
         quantize_int8(Branchy(), [torch.randn(2, 3, 8, 8)], 8)

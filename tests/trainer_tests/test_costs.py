@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
-from hpsearch import costs
+from hpsearch import builders, costs
 from hpsearch.compression import make_permanent, prune_global
 from hpsearch.models import build_model
 from hpsearch.params import COST_METRICS
@@ -107,11 +109,85 @@ def test_a_bigger_model_is_slower_and_the_thread_count_is_left_alone():
     assert torch.get_num_threads() == 1
 
 
+class FormatRecorder(Recorder):
+    """Records the format each pass computes in: (autocast on, input channels_last, weight channels_last)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((torch.is_autocast_enabled(x.device.type), x.is_contiguous(memory_format=torch.channels_last),
+                           self.conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        return self.linear(self.conv(x).flatten(1))
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [
+    (costs.LatencyFormat(), (False, False, False)),
+    (costs.LatencyFormat(bf16=True, channels_last=True), (True, True, True)),  # as a CUDA trial trains
+])
+def test_latency_is_timed_in_the_format_training_used(fmt, expected):
+    model = FormatRecorder()
+    costs.latency_ms(model, 8, warmup=1, repeats=2, fmt=fmt)
+    assert model.calls == [expected] * 3
+
+
+def test_the_costs_say_how_latency_was_measured():
+    torch.set_num_threads(1)
+    measured = costs.measure(FormatRecorder(), 8, fmt=costs.LatencyFormat(bf16=True, channels_last=True))
+    assert measured.method() == {"latency_device": "cpu, 1 thread(s)",
+                                 "latency_precision": "bf16 autocast, channels_last"}
+    assert tuple(measured.as_dict()) == COST_METRICS  # the objectives only
+    assert costs.measure(tiny(), 8).latency_precision == "fp32"
+
+
+def test_gpu_latency_warms_up_tens_of_passes():
+    warmup, timed = costs.CUDA_PASSES
+    assert warmup >= 20 and timed >= 20 and costs.CPU_PASSES == (3, 15)
+
+
+def spec_for(settings: dict, search_space: dict | None = None) -> SimpleNamespace:
+    return SimpleNamespace(search_space=search_space or {}, train={}, settings=settings)
+
+
+@pytest.mark.parametrize(("device", "settings", "search_space", "where", "precision"), [
+    ("cuda:1", {}, None, "cuda:1", "bf16 autocast, channels_last"),  # the trial trained so (train.py's auto)
+    ("cuda:1", {"amp": "off", "channels_last": "off"}, None, "cuda:1", "fp32"),
+    ("cuda:1", {}, {"quantize": {}}, "cpu", "fp32"),  # a study that may quantize: every trial on the CPU
+    ("cpu", {}, None, "cpu", "fp32"),
+])
+def test_a_trials_latency_is_measured_where_and_as_it_trained(device, settings, search_space, where, precision):
+    got_where, fmt = builders.latency_setup(spec_for(settings, search_space), device)  # type: ignore[arg-type]
+    assert (got_where, fmt.describe()) == (where, precision)
+
+
+def test_a_trials_run_records_how_its_latency_is_measured():
+    pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
+    pytest.importorskip("yaml")
+    from hpsearch.params import HParams
+    from hpsearch.spec import parse_spec
+
+    spec = parse_spec({"study": {"name": "t", "objectives": ["val_accuracy", "latency_ms"]},
+                       "task": {"model": "resnet18", "data": "digits"}})
+    params = builders.run_params(spec, HParams(), "cuda:0")
+    assert (params["latency_device"], params["latency_precision"]) == ("cuda:0", "bf16 autocast, channels_last")
+    assert builders.run_params(spec, HParams(), "cpu")["latency_device"] == "cpu, 1 thread"
+    assert "latency_device" not in builders.run_params(spec, HParams())
+
+
 @CUDA
 def test_latency_on_cuda_moves_the_model_there():
     model = build_model("resnet18", 10)
     assert costs.latency_ms(model, 32, "cuda") > 0
     assert next(model.parameters()).is_cuda
+
+
+@CUDA
+def test_gpu_latency_is_timed_after_its_warm_up_in_the_trials_format():
+    model = FormatRecorder()
+    fmt = costs.LatencyFormat(bf16=True, channels_last=True)
+    assert costs.measure(model, 8, "cuda", fmt=fmt).latency_device.startswith("cuda")
+    assert model.calls == [(True, True, True)] * sum(costs.CUDA_PASSES)
 
 
 # --------------------------------------------------------------------------- all three

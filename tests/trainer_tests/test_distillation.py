@@ -6,6 +6,7 @@ Tiny models on tiny fake images: what is checked is the arithmetic and what move
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -17,8 +18,7 @@ from hpsearch import teacher as teacher_module
 from hpsearch.data import DataConfig, load_data
 from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from hpsearch.params import HParams
-from hpsearch.spec import parse_spec
-from hpsearch.teacher import Teacher, distillation_loss, renormalisation
+from hpsearch.teacher import Teacher, distillation_loss, prepare_teacher, renormalisation
 from hpsearch.train import Trainer, graphs_disabled_reason, seed_everything
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -144,6 +144,10 @@ def test_a_teacher_trained_with_another_normalisation_gets_the_batch_its_way():
 
 
 def test_a_worker_loads_its_teacher_once_for_two_trials(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
+    pytest.importorskip("yaml")
+    from hpsearch.spec import parse_spec
+
     torch.save(build_model("mobilenet_v3_small", CLASSES).state_dict(), tmp_path / "teacher.pt")
     data = {"name": "fake", "samples": 40, "num_classes": CLASSES, "image_size": 16, "val_fraction": 0.25}
     spec = parse_spec({
@@ -170,6 +174,27 @@ def test_a_worker_loads_its_teacher_once_for_two_trials(tmp_path, monkeypatch):
     assert not {"distill_alpha", "distill_temperature"} & set(builders.run_params(plain, HParams()))
 
 
+def test_a_bf16_teacher_keeps_batchnorm_and_its_renormalisation_in_float32():
+    """The teacher as the Trainer prepares it for a CUDA trial's bf16 autocast (here on the CPU): weights in bf16,
+    BatchNorm (running statistics too) and the renormalisation's scale and shift in float32."""
+    student_norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    teacher = Teacher(small_net(1), renormalisation(student_norm, (IMAGENET_MEAN, IMAGENET_STD)))
+    bn = teacher.model[1]
+    with torch.no_grad():  # statistics as training leaves them, not the initial 0 and 1
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(teacher)
+    prepare_teacher(teacher, "cpu", torch.bfloat16)
+    assert teacher.model[0].weight.dtype == teacher.model[5].weight.dtype == torch.bfloat16
+    kept = [*bn.parameters(), bn.running_mean, bn.running_var, teacher.scale, teacher.shift]
+    assert {t.dtype for t in kept} == {torch.float32}
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(8, 3, SIZE, SIZE)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = teacher(x).float()
+    torch.testing.assert_close(logits, reference(x), rtol=0.02, atol=0.02)  # bf16's rounding only
+
+
 @CUDA
 def test_the_teacher_runs_inside_the_captured_step_in_bf16_on_cuda():
     seed_everything(0)
@@ -180,5 +205,6 @@ def test_the_teacher_runs_inside_the_captured_step_in_bf16_on_cuda():
     history = trainer.fit()
     assert trainer._graph is not None and graphs_disabled_reason() is None  # captured with the teacher in it
     assert next(teacher.parameters()).dtype == torch.bfloat16 and not teacher.training
+    assert teacher.model[1].running_var.dtype == teacher.scale.dtype == torch.float32
     assert all(torch.equal(v.cpu(), before[k].to(v.dtype)) for k, v in teacher.state_dict().items())
     assert all(math.isfinite(s.train_loss) for s in history)

@@ -304,12 +304,40 @@ def test_unfreezing_captures_the_step_again(monkeypatch):
     assert {"conv1.weight", "layer4.1.conv2.weight", "layer4.1.bn2.running_mean"} <= epoch2
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_sgd_steps_after_unfreezing_as_the_eager_one(nesterov):
+    """The optimizer exactly as the CUDA-graph path builds it (lr_tensor=True: fused SGD, a tensor lr), which
+    torch runs on the CPU too. After unfreezing, the backbone's parameters join with no momentum buffer while
+    the head's have one: fused SGD must step them as the eager SGD does (its first step: buf = grad)."""
+    # A small lr: with random labels, larger steps amplify rounding differences between the two kernels.
+    hp = HParams(optimizer="sgd", momentum=0.9, nesterov=nesterov, lr=0.002, batch_size=8, epochs=2,
+                 unfreeze_epoch=2)
+
+    def trained(lr_tensor: bool) -> Trainer:
+        seed_everything(0)
+        model = build_model("resnet18", 4, freeze="backbone")
+        trainer = Trainer(model, fake16(), hp, device="cpu")
+        if lr_tensor:  # what Trainer builds when it captures graphs (use_graphs), on a CUDA device
+            trainer.optimizer = build_optimizer(param_groups(model, hp, include_frozen=True), hp, lr_tensor=True)
+            trainer.schedule = build_scheduler(trainer.optimizer, hp, trainer.steps_per_epoch)
+        trainer.fit()
+        return trainer
+
+    fused, eager = trained(lr_tensor=True), trained(lr_tensor=False)
+    assert fused.optimizer.defaults["fused"] and isinstance(fused.optimizer.param_groups[0]["lr"], torch.Tensor)
+    for (name, a), b in zip(fused.model.named_parameters(), eager.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 @CUDA
-def test_unfreezing_captures_the_step_again_on_cuda():
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_unfreezing_captures_the_step_again_on_cuda(optimizer):
     seed_everything(0)
     model = build_model("resnet18", 4, freeze="backbone")
     data = fake16("cuda")
-    trainer = Trainer(model, data, HParams(lr=0.05, batch_size=4, epochs=2, unfreeze_epoch=2), device="cuda")
+    hp = HParams(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.003, momentum=0.9, batch_size=4,
+                 epochs=2, unfreeze_epoch=2)
+    trainer = Trainer(model, data, hp, device="cuda")
     graphs, start, after = [], snapshot(model), {}
     trainer.fit(lambda stats: (graphs.append(trainer._graph), after.__setitem__(stats.epoch, snapshot(model))))
     assert graphs[0] is not None and graphs[1] is not None and graphs[0] is not graphs[1]  # captured again
@@ -322,7 +350,10 @@ def test_unfreezing_captures_the_step_again_on_cuda():
 # --------------------------------------------------------------------------- what a trial records
 
 
-def test_a_trial_run_records_its_group_learning_rates(write_space):
+def test_a_trial_run_records_its_group_learning_rates(request):
+    for name in ("optuna", "mlflow", "yaml"):  # a whole trial; GPU boxes may have torch alone
+        pytest.importorskip(name)
+    write_space = request.getfixturevalue("write_space")
     from hpsearch import tracking
     from hpsearch.objective import TrialContext, run_trial
     from hpsearch.registry import build_pruner, build_sampler

@@ -125,6 +125,7 @@ def test_streamed_image_folder_gives_the_same_batches(imagefolder_root):
 
 
 def test_digits_real_offline_data():
+    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     task = load_data(DataConfig("digits"), "cpu", *IMAGENET)
     assert task.num_classes == 10 and task.image_size == 32
     assert len(task.train) + len(task.val) + len(task.test) == 1797
@@ -137,6 +138,7 @@ def test_digits_real_offline_data():
 
 
 def test_digits_test_split_does_not_move_with_split_seed():
+    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     a = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=0)
     b = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=1)
     assert all(torch.equal(u, v) for u, v in zip(every_example(a.test, 512), every_example(b.test, 512), strict=False))

@@ -254,6 +254,7 @@ def test_epoch_stats_are_what_mlflow_and_the_pruner_are_sent(fake8):
 
 
 def test_fit_on_digits_learns():
+    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     seed_everything(0)
     task = load_data(DataConfig("digits", augment="none"), "cpu", *NORM)
     model = build_model("shufflenet_v2_x0_5", task.num_classes)
@@ -531,6 +532,30 @@ def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, 
     assert fake.cleanups == 2  # synchronize, then empty_cache
 
 
+class OutOfMemoryWhileCapturing(SyncsWhileCapturing):
+    """A step whose capture runs out of device memory (the graph's pool cannot grow)."""
+
+    def forward(self, x):
+        if self.fake.capturing:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("capture_end_fails", [True, False], ids=["capture-end-fails-too", "capture-ends"])
+def test_out_of_memory_in_a_capture_is_raised_with_graphs_left_on(fake8, monkeypatch, capture_end_fails):
+    """Not a capture failure: the trial's OOM handling (a retry) must see it, not an eager step into the same OOM."""
+    fake = FakeCuda(monkeypatch, capture_end_fails)
+    trainer = graphed_on_fake_cuda(OutOfMemoryWhileCapturing(fake), fake8, HParams(batch_size=16, epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "CUDA graph capture failed, training eagerly instead"
+        with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 2.00 GiB"):
+            trainer.fit()
+    assert graphs_disabled_reason() is None and int(trainer._steps) == 3  # the warm-up steps, no eager one after
+    # Cleaned up as any failed capture: stream restored, an unfinished pool released, memory handed back.
+    assert fake.current is fake.default and trainer._graph is None
+    assert fake.released == ([(0, (0, 7))] if capture_end_fails else []) and fake.cleanups == 2
+
+
 def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkeypatch):
     fake = FakeCuda(monkeypatch)
     first = graphed_on_fake_cuda(SyncsWhileCapturing(fake), fake8, HParams(batch_size=16, epochs=1))
@@ -642,6 +667,7 @@ def test_the_ragged_last_batch_steps_eagerly_beside_the_graph():
 
 @CUDA
 def test_graphs_match_eager_in_fp32():
+    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     task = load_data(DataConfig("digits", augment="none"), "cuda", *NORM)
     histories = []
     for graphs in ("auto", "off"):
