@@ -452,7 +452,7 @@ def render(parts: list[Part], info: dict, driver: str, started: datetime.datetim
         ["CUDA (torch build) / cuDNN", f"{info['cuda_build']} / {info.get('cudnn', '-')}"],
         ["torch / torchvision / python", f"{info['torch']} / {info['torchvision']} / {info['python']}"],
         ["host", f"{platform.node()}, {os.cpu_count()} CPU cores"],
-        ["carried wheels", ", ".join(wheels) if wheels else "none"],
+        ["carried wheels", ", ".join(" ".join(w.split("-")[:2]) for w in wheels) if wheels else "none"],
         ["date", started.strftime("%Y-%m-%d %H:%M UTC")],
         ["total wall time", f"{elapsed:.0f} s"],
     ])

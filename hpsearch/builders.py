@@ -41,9 +41,11 @@ def run_params(spec: Spec, hp: HParams, device: str | None = None) -> dict[str, 
     (latency_device, latency_precision: latency_setup)."""
     values = hp.as_dict()
     if device is not None and "latency_ms" in spec.study.cost_metrics:
+        from hpsearch import costs
+
         where, fmt = latency_setup(spec, device)
-        # On the CPU on one thread (costs.one_thread_on); on a GPU beside the other trials sharing it.
-        values["latency_device"] = f"{where}, 1 thread" if where == "cpu" else where
+        # On the CPU on one thread (costs.one_thread_on), as measure_trained times it.
+        values["latency_device"] = costs.describe_device(where, threads=1)
         values["latency_precision"] = fmt.describe()
     if spec.task.teacher is None:
         for name in DISTILL_HPARAMS:

@@ -77,12 +77,14 @@ class Costs:
         return {"latency_device": self.latency_device, "latency_precision": self.latency_precision}
 
 
-def describe_device(device: torch.device | str) -> str:
-    """Where a latency is measured, as recorded with it: the CPU with its torch thread count, or the GPU."""
+def describe_device(device: torch.device | str, threads: int | None = None) -> str:
+    """Where a latency is measured, as recorded with it: the CPU with its torch thread count (`threads`, default
+    the current one), or the GPU with its name."""
     device = torch.device(device)
     if device.type == "cpu":
-        return f"cpu, {torch.get_num_threads()} thread(s)"
-    if device.type == "cuda":
+        n = torch.get_num_threads() if threads is None else threads
+        return f"cpu, {n} thread{'s' if n > 1 else ''}"
+    if device.type == "cuda" and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
 

@@ -29,8 +29,9 @@ SECRET_ENV = ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 MASK = "***"
 # A query parameter whose name holds one of these is a secret: password, sslpassword, api_token, client_secret...
 _SECRET_KEY_PARTS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "credential")
-# A URL inside prose ends at these; its user info (up to the last @ before the path) may hold them.
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s/'\"<>`]*@)?[^\s'\"<>`;,()]+")
+# A URL inside prose ends at these, or before a final . or : (a sentence's); its user info (up to the last @
+# before the path) may hold them.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^\s/'\"<>`]*@)?[^\s'\"<>`;,()]+(?<![.:])")
 _known: set[str] = set()  # secrets seen in URLs this process parsed: redact() hides them anywhere
 
 

@@ -100,12 +100,11 @@ def read_text(path: str | os.PathLike, max_bytes: int, kind: str = "space file")
         raise SpecError(where, "no such file") from None
     except OSError as e:
         raise SpecError(where, e.strerror or str(e)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SpecError(where, "is a directory, not a file" if stat.S_ISDIR(mode) else "is not a regular file")
     with open(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise SpecError(where, "is a directory, not a file")
-        if not stat.S_ISREG(mode):
-            raise SpecError(where, "is not a regular file")
         try:
             raw = f.read(max_bytes + 1)
         except OSError as e:
@@ -138,10 +137,9 @@ def _read(text: str, where: str, read: Callable[[_Loader], Any]) -> Any:
     except yaml.reader.ReaderError as e:
         before = text[:e.position]
         line, column = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
-        code = e.character if isinstance(e.character, int) else ord(e.character)  # PyYAML passes ord(character)
-        what = "control character" if code < 0x20 or 0x7F <= code < 0xA0 else "character"
-        raise SpecError(where, f"invalid YAML at line {line}, column {column}: {what} U+{code:04X} is not allowed"
-                        ) from None
+        code = int(e.character)  # its code point: the byte itself would reach the terminal
+        problem = f"{'control character' if code < 0x20 or 0x7F <= code < 0xA0 else 'character'} U+{code:04X}"
+        raise SpecError(where, f"invalid YAML at line {line}, column {column}: {problem} is not allowed") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = clipped(e.problem or e.context or "malformed", 200)

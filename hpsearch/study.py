@@ -386,21 +386,26 @@ def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
     return reaped
 
 
-# How many times a configuration is retried after an attempt that failed this way (None: until it runs).
+_ITS_OWN = "its own"
+# How many times a configuration is retried after attempts that failed this way (None: until it has run).
 RETRIES_ALLOWED: dict[str, int | None] = {
     # The user stopped the run: that says nothing about the configuration.
     FailureKind.INTERRUPTED: None,
     # The run died around it (kill -9, a reboot); a few, for one that takes its whole run down each time.
     FailureKind.REAPED: 3,
-    # Its own worker died or ran out of memory beside neighbours: possibly its own doing.
-    FailureKind.KILLED: 1,
-    FailureKind.OOM: 1,
+    # Any other way (its worker killed, out of memory beside neighbours) may be its own doing: once in all.
+    _ITS_OWN: 1,
 }
 
 
 def _configuration(trial: FrozenTrial) -> int:
     """The trial whose configuration `trial` runs: itself, or the first one a retry retries."""
     return trial.user_attrs.get(ATTR_RETRY_OF, trial.number)
+
+
+def _failure_class(trial: FrozenTrial) -> str:
+    kind = trial.user_attrs.get(records.ATTR_FAILURE)
+    return kind if kind in RETRIES_ALLOWED else _ITS_OWN
 
 
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
@@ -415,7 +420,7 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = 
     attempts = [t for t in study.get_trials(deepcopy=False) if _configuration(t) == first]
     if any(t.number > trial.number for t in attempts):
         return False
-    failures = Counter(t.user_attrs.get(records.ATTR_FAILURE) for t in attempts if t.state == TrialState.FAIL)
+    failures = Counter(_failure_class(t) for t in attempts if t.state == TrialState.FAIL)
     if any(allowed is not None and failures[kind] > allowed for kind, allowed in RETRIES_ALLOWED.items()):
         return False
     attrs: dict[str, Any] = {ATTR_RETRY_OF: first}

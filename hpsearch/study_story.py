@@ -169,8 +169,7 @@ def _attach_space(client: MlflowClient, run_id: str, study: optuna.Study) -> Non
 
     source = study.user_attrs.get(records.STUDY_SPACE_FILE)
     # The file may hold a store URL with its password: it goes to MLflow masked by value, like everything else.
-    text = masked_space_file(source) if source else None
-    if text is not None:
+    if source and (text := masked_space_file(source)) is not None:
         client.log_text(run_id, text, f"{SPACE_ARTIFACTS}/{Path(source).name}")
     resolved = study.user_attrs.get(records.STUDY_SPEC)
     if resolved:

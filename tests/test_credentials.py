@@ -50,6 +50,19 @@ def test_redact_masks_urls_and_known_passwords_in_free_text(monkeypatch):
     assert "http://mlflow:5000/api" in out and "postgresql://hps:***@db/h" in out
 
 
+# (free text quoting a URL, what it shows) in a process that never parsed the URL: the pattern alone finds it
+REDACTED = [
+    ("connect to postgresql://hps:PW;x@db/h: refused", "connect to postgresql://hps:***@db/h: refused"),
+    ("GET http://bob:PW,x@mlflow:5000/api failed", "GET http://mlflow:5000/api failed"),
+    ("postgresql://hps@db/h?sslpassword=PW", "postgresql://hps@db/h?sslpassword=***"),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), REDACTED)
+def test_redact_finds_urls_whose_password_holds_separators(fresh_process, text, shown):
+    assert redact(text.replace("PW", PASSWORD)) == shown
+
+
 def test_a_masked_url_is_made_usable_from_the_environment_or_without_its_password(monkeypatch):
     real = f"postgresql://hps:{PASSWORD}@db:5432/hpsearch"
     monkeypatch.setenv("HPSEARCH_STORAGE", real)

@@ -66,10 +66,11 @@ def check(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(out))
     handler = signal.getsignal(signal.SIGTERM)
 
-    def run(source: str) -> tuple[int, str]:
+    def run(source: str, conftest: str = "") -> tuple[int, str]:
         test_file = tmp_path / "cases" / "test_case.py"
         test_file.parent.mkdir(exist_ok=True)
         test_file.write_text(textwrap.dedent(source))
+        (test_file.parent / "conftest.py").write_text(conftest)
         try:
             code = gpu_check.main(["--allow-cpu", "--parts", "tests", "--tests", str(test_file),
                                    "--wheels", str(tmp_path / "no-wheels"), "--tests-budget", "60"])
@@ -93,6 +94,12 @@ def test_the_tests_part_is_what_pytest_counted(check, source, code, status):
     assert got == code
     assert f"| CUDA tests (pytest) | {status} |" in page
     assert ("## Failures\n\nNone." in page) == (code == 0)
+
+
+def test_a_conftest_that_cannot_be_imported_aborts_collection(check):
+    code, page = check(PASSING, conftest="import nosuchmodule_for_gpu_check\n")  # pytest writes no report then
+    assert code == 1
+    assert "| skipped: collection aborted: ModuleNotFoundError: No module named 'nosuchmodule_for_gpu_check' |" in page
 
 
 def test_a_failing_test_is_named_on_the_page(check):

@@ -261,6 +261,32 @@ def test_no_more_workers_than_trials_left(monkeypatch):
     assert plan_slots("cpu", 3, gpu_count=0, cpu_count=2, trials_left=0) == []
 
 
+def test_a_run_starts_no_more_workers_than_trials_left(tmp_path, monkeypatch):
+    """`run` plans its slots for the trials left: 2 trials with --trials-per-device 8 start 2 workers."""
+    from hpsearch import runner
+
+    class Planned(Exception):
+        pass
+
+    planned = []
+
+    class Orchestrator:  # records the slots instead of starting a worker for each
+        undelivered: list[str] = []
+
+        def __init__(self, spec, study, slots, *args):
+            planned.append(len(slots))
+
+        def run(self, timeout):
+            raise Planned
+
+    monkeypatch.setattr(runner, "Orchestrator", Orchestrator)
+    monkeypatch.chdir(tmp_path)  # the study's journal and MLflow store
+    spec = apply_overrides(parse_spec(edited("study.n_trials", 2)), devices="cpu", trials_per_device="8")
+    with pytest.raises(Planned):
+        runner.run_study(spec, interactive=False)
+    assert planned == [2]
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("trials_per_device", "1000000000", "--trials-per-device: must be at most 64, got 1000000000"),
     ("timeout", "9" * 400, f"--timeout: must be at most 100 years, got {shown('9' * 400)}"),
