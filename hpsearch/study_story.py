@@ -173,7 +173,9 @@ def _attach_space(client: MlflowClient, run_id: str, study: optuna.Study) -> Non
         client.log_text(run_id, text, f"{SPACE_ARTIFACTS}/{Path(source).name}")
     resolved = study.user_attrs.get(records.STUDY_SPEC)
     if resolved:
-        client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), f"{SPACE_ARTIFACTS}/{RESOLVED_SPACE}")
+        # Store URLs are masked in it; any other secret the space file's URLs hold, by value (learnt above).
+        text = redact(yaml.safe_dump(resolved, sort_keys=False))
+        client.log_text(run_id, text, f"{SPACE_ARTIFACTS}/{RESOLVED_SPACE}")
 
 
 def _description(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], command: str | None) -> str:

@@ -189,6 +189,7 @@ ATTEMPTS = [
     pytest.param((K.REAPED,) * 4, False, id="reaped-four-times"),
     pytest.param((K.OOM, K.INTERRUPTED), True, id="oom-beside-neighbours-then-interrupted"),
     pytest.param((K.OOM, K.OOM), False, id="oom-beside-neighbours-twice"),
+    pytest.param((K.OOM, K.KILLED), False, id="oom-then-its-worker-killed"),  # two failures of its own
 ]
 
 
