@@ -152,10 +152,9 @@ def masked_space_file(path: str) -> str | None:
 
     from hpsearch import strict_yaml
     from hpsearch.checks import SpecError
-    from hpsearch.spec import MAX_FILE_BYTES
 
     try:
-        text = strict_yaml.read_text(path, MAX_FILE_BYTES)
+        text = strict_yaml.read_text(path)
         root = strict_yaml.compose(text, path)
     except SpecError:
         return None

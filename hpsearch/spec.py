@@ -172,13 +172,12 @@ def _pruner_to_dict(pruner: PrunerSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- entry points
 
 
-MAX_FILE_BYTES = 256 << 10  # a space file is a few KB; this bounds the pure-Python YAML parse at ~3 s
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
     """Read and validate a search-space file."""
     where = os.fspath(path)
-    text = strict_yaml.read_text(where, MAX_FILE_BYTES)
+    text = strict_yaml.read_text(where)
     try:
         data = strict_yaml.load(text, where)
         if data is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hpsearch.credentials import mask_url
 from hpsearch.errors import UsageError
+from hpsearch.locations import DEFAULT_STORAGE
 from hpsearch.outages import CONNECT_ENV, GaveUp, call_through_outage, connect_deadline, first_line
 
 STORAGE_OPTION = "--storage"
@@ -53,8 +54,6 @@ class _Refused(Exception):
 
 def check_storage(url: str | None) -> None:
     """Contact the study storage once (None: the default journal file); StoreUnusable if it cannot be used."""
-    from hpsearch.study import DEFAULT_STORAGE
-
     url = url or DEFAULT_STORAGE
     if url.startswith(("redis://", "rediss://")):
         _contact(STORAGE_OPTION, url, _redis_attempt(url), _redis_transient)

@@ -29,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from hpsearch.checks import SpecError, clipped, shown
 
+MAX_FILE_BYTES = 256 << 10  # a space file or an export is a few KB; this bounds the pure-Python YAML parse at ~3 s
 MAX_DEPTH = 50  # a space file nests 4 or 5 levels; Python's stack holds ~300 of the composer's levels
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -90,7 +91,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_text(path: str | os.PathLike, max_bytes: int, kind: str = "space file") -> str:
+def read_text(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES, kind: str = "space file") -> str:
     """The UTF-8 text of the regular file `path`, at most `max_bytes`, or a SpecError naming it. Opened without
     blocking and checked before it is read: a FIFO would block open() forever, a device never ends."""
     where = os.fspath(path)

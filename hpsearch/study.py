@@ -30,6 +30,7 @@ from hpsearch import records
 from hpsearch.credentials import mask_url, redact
 from hpsearch.db_outages import OutageProofStorage, cause_line, connect_args, through_db_outage
 from hpsearch.errors import RunFailure, UsageError
+from hpsearch.locations import DEFAULT_STORAGE, LAST_RUN_FILE, STUDIES_DIR  # noqa: F401  (re-exported)
 from hpsearch.locks import LOCK_TIMEOUT_SECONDS, file_lock, postgres_lock
 from hpsearch.records import (
     ATTR_HEARTBEAT,
@@ -43,10 +44,6 @@ from hpsearch.records import (
 
 if TYPE_CHECKING:
     from hpsearch.spec import Spec
-
-STUDIES_DIR = Path("studies")
-DEFAULT_STORAGE = str(STUDIES_DIR / "journal.log")
-LAST_RUN_FILE = STUDIES_DIR / ".last_run.json"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

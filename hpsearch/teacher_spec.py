@@ -29,7 +29,6 @@ from hpsearch.config import DataConfig
 from hpsearch.params import DISTILL_HPARAMS
 
 EXPORT_AT = "task.teacher.export"
-_EXPORT_FILE_BYTES = 256 << 10  # an export's best.yaml and trial.json are a few KB, as any space file
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def _exported_model(best_yaml: Path) -> tuple[str, str]:
     """(model name, weights) from an export's best.yaml, `task.model` as the spec reads it."""
     where = str(best_yaml)
     try:
-        data = strict_yaml.load(strict_yaml.read_text(where, _EXPORT_FILE_BYTES), where)
+        data = strict_yaml.load(strict_yaml.read_text(where), where)
     except SpecError as e:
         raise SpecError(EXPORT_AT, str(e)) from None
     task = data.get("task") if isinstance(data, dict) else None
@@ -165,7 +164,7 @@ def _val_accuracy(trial_json: Path) -> float | None:
     if not trial_json.exists():
         return None
     try:
-        record = json.loads(strict_yaml.read_text(trial_json, _EXPORT_FILE_BYTES, "trial record"))
+        record = json.loads(strict_yaml.read_text(trial_json, kind="trial record"))
     except SpecError as e:  # a FIFO, a device, a huge file: the export's problem, named
         raise SpecError(EXPORT_AT, str(e)) from None
     except RecursionError:  # else blamed on the space file by load_spec's net

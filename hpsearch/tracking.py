@@ -39,6 +39,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from hpsearch import locations  # noqa: E402
 from hpsearch.outages import GaveUp, OutageNotice, first_line, seconds_from_env  # noqa: E402
 from hpsearch.records import (  # noqa: E402
     MAX_TAG_CHARS,
@@ -56,7 +57,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "model.pt"
 # Where a checkpoint that could not be delivered is kept: <folder>/<run id>/model.pt, under the run's folder.
-UNDELIVERED_DIR = Path("studies") / "undelivered"
+UNDELIVERED_DIR = locations.UNDELIVERED_DIR
 
 DRAIN_ENV = "HPSEARCH_DRAIN_SECONDS"
 DEFAULT_DRAIN_SECONDS = 60.0
