@@ -2,13 +2,15 @@
 
 A value that can reach a trial is checked whether it is fixed under `train:` or searched (every choice, both
 ends of a range): `unfrozen_blocks` at most the model's stages, `unfreeze_epoch` below `epochs`, and
-`freeze: partial` always with an `unfrozen_blocks`. torch is loaded only to count a model's stages.
+`freeze: partial` always with an `unfrozen_blocks`. A model's stages come from model_catalog (torch only for a
+model it lacks).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hpsearch import model_catalog
 from hpsearch.checks import HPARAM_DEFAULTS, SpecError, shown
 from hpsearch.space import ParamSpec
 
@@ -39,9 +41,7 @@ def check_finetuning(train: dict, space: dict[str, ParamSpec], model: str) -> No
     _check_partial_has_blocks(train, space)
     blocks = [(at, v) for at, v in _possible("unfrozen_blocks", train, space) if v is not None]
     if blocks:
-        from hpsearch.models import count_stages  # torch: only a spec that sets unfrozen_blocks pays it
-
-        stages = count_stages(model)
+        stages = model_catalog.stages(model)
         for at, value in blocks:
             if value > stages:
                 raise SpecError(at, f"must be <= {stages} (the stages {model} has), got {shown(value)}")

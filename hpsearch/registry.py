@@ -4,6 +4,9 @@ A spec names a sampler or pruner and passes that class's own keywords. The keywo
 against the installed Optuna's constructor signature (so the list never drifts from the
 library), and simple annotations (`int`, `float | None`, ...) are type-checked, because several
 constructors store a bad value silently and fail only later, mid-search.
+
+Optuna is imported only when a constructor is needed (checking keywords, building), not at import:
+the spec's types and tables here load without it.
 """
 
 from __future__ import annotations
@@ -13,18 +16,16 @@ import hashlib
 import importlib.util
 import inspect
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
-
-import optuna
-from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial, TrialState
+from typing import TYPE_CHECKING, Any
 
 from hpsearch import checks
 from hpsearch.checks import SpecError
 from hpsearch.space import ParamSpec
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -43,26 +44,27 @@ class PrunerSpec:
     kwargs: dict  # the pruner's own keywords; patient's wrapped_pruner is a nested PrunerSpec
 
 
-SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "gp": optuna.samplers.GPSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
-    "grid": optuna.samplers.GridSampler,
+# Spec name → the class's name in optuna.samplers / optuna.pruners (resolved by constructor()).
+SAMPLERS: dict[str, str] = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+    "qmc": "QMCSampler",
+    "grid": "GridSampler",
     # Multi-objective evolutionary samplers (they take one objective too).
-    "nsgaii": optuna.samplers.NSGAIISampler,
-    "nsgaiii": optuna.samplers.NSGAIIISampler,
+    "nsgaii": "NSGAIISampler",
+    "nsgaiii": "NSGAIIISampler",
 }
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)  # refused for study.objectives
-PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "patient": optuna.pruners.PatientPruner,
-    "threshold": optuna.pruners.ThresholdPruner,
-    "none": optuna.pruners.NopPruner,
+PRUNERS: dict[str, str] = {
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "patient": "PatientPruner",
+    "threshold": "ThresholdPruner",
+    "none": "NopPruner",
 }
 
 # Keywords hpsearch fills in itself: grid's values come from the spec's search_space, and
@@ -76,8 +78,13 @@ _NOT_FROM_YAML = ("Callable", "BaseSampler", "FrozenTrial")
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
 
 
-def _table(component: str) -> dict[str, type]:
-    return SAMPLERS if component == "sampler" else PRUNERS
+def constructor(component: str, name: str) -> type:
+    """The Optuna class a 'sampler' or 'pruner' `name` builds (the first call imports Optuna)."""
+    import optuna
+
+    if component == "sampler":
+        return getattr(optuna.samplers, SAMPLERS[name])
+    return getattr(optuna.pruners, PRUNERS[name])
 
 
 def _annotation(param: inspect.Parameter) -> str:
@@ -106,7 +113,7 @@ def _type_problem(annotation: str, value: Any) -> str | None:
 
 def keywords(component: str, name: str) -> dict[str, inspect.Parameter]:
     """The keywords a spec may set for this sampler/pruner (derived and Python-object ones excluded)."""
-    params = inspect.signature(_table(component)[name]).parameters
+    params = inspect.signature(constructor(component, name)).parameters
     return {
         key: p
         for key, p in params.items()
@@ -124,7 +131,7 @@ def check_kwargs(component: str, name: str, kwargs: dict[str, Any], path: str) -
         if (component, name, key) in _DERIVED:
             raise SpecError(at, _DERIVED[(component, name, key)])
         if key not in allowed:
-            all_params = inspect.signature(_table(component)[name]).parameters
+            all_params = inspect.signature(constructor(component, name)).parameters
             if key in all_params:
                 raise SpecError(at, "takes a Python object; it cannot be set from a spec file")
             valid = ", ".join(allowed) or "none"
@@ -208,9 +215,11 @@ def build_sampler(
         # Parallel workers: a RUNNING trial counts as a poor result, so workers spread out instead of
         # sampling next to each other (Optuna 5's default too; said here so that it stays so).
         kwargs.setdefault("constant_liar", True)
+    import optuna
+
     with warnings.catch_warnings():  # built once per trial: NSGA-III's "experimental" would repeat every time
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return SAMPLERS[sampler_spec.name](**kwargs)
+        return constructor("sampler", sampler_spec.name)(**kwargs)
 
 
 # Samplers whose sequence is coordinated through the study's storage: one seed for the whole study.
@@ -244,45 +253,12 @@ def study_sampler(sampler_spec: SamplerSpec, search_space: dict[str, ParamSpec],
     What TPE learned comes from the study's trials, RUNNING ones included (constant liar), not from
     the process that samples.
     """
+    from hpsearch.trial_sampler import TrialSeededSampler  # runtime: subclasses Optuna's BaseSampler
+
     sampler_spec = with_defaults(sampler_spec, search_space, n_trials)
     if sampler_spec.name in _STUDY_SEEDED:
         return build_sampler(sampler_spec, search_space)
     return TrialSeededSampler(lambda number: build_sampler(sampler_spec, search_space, trial_number=number))
-
-
-class TrialSeededSampler(optuna.samplers.BaseSampler):
-    """Delegates each trial to a sampler built for that trial's number (see study_sampler)."""
-
-    def __init__(self, for_trial: Callable[[int], optuna.samplers.BaseSampler]):
-        self._for_trial = for_trial
-        self._number: int | None = None
-        self._inner = for_trial(0)
-
-    def _sampler(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
-        if trial.number != self._number:
-            self._inner, self._number = self._for_trial(trial.number), trial.number
-        return self._inner
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self._sampler(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self._sampler(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._sampler(trial).before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self._sampler(trial).after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
 
 
 def build_pruner(pruner_spec: PrunerSpec) -> optuna.pruners.BasePruner:
@@ -291,4 +267,4 @@ def build_pruner(pruner_spec: PrunerSpec) -> optuna.pruners.BasePruner:
         wrapped = kwargs["wrapped_pruner"]
         # PatientPruner(None) prunes on stagnation alone; wrapping a NopPruner would never prune.
         kwargs["wrapped_pruner"] = None if wrapped.name == "none" else build_pruner(wrapped)
-    return PRUNERS[pruner_spec.name](**kwargs)
+    return constructor("pruner", pruner_spec.name)(**kwargs)

@@ -5,7 +5,8 @@ Every refusal is a SpecError that names the dotted path of the offending field
 Validation happens here, once (in the process that reads the file), so the study, workers and
 objective can trust a Spec. The YAML is read by strict_yaml.py, single values are checked in checks.py,
 `search_space:` in space.py, sampler and pruner keywords in registry.py, `task.data` values by
-config.DataConfig itself, `task.teacher` (knowledge distillation) in teacher_spec.py.
+config.DataConfig itself, `task.teacher` (knowledge distillation) in teacher_spec.py, model and weights names
+against model_catalog.py (no torch import for a model it holds).
 
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.
@@ -20,7 +21,6 @@ Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hpsearch import checks, credentials, registry, strict_yaml
+from hpsearch import checks, credentials, model_catalog, registry, strict_yaml
 from hpsearch.checks import HPARAM_DEFAULTS, SpecError, parse_duration
 from hpsearch.config import DataConfig, DataConfigError, is_weights_path
 from hpsearch.finetune_checks import check_finetuning
@@ -460,7 +460,8 @@ def _choices_of(name: str, space: dict[str, ParamSpec], fixed: Any) -> list[Any]
 
 def _check_task_choices(task: TaskSpec, space: dict[str, ParamSpec]) -> None:
     """A searched backbone or input size: every model name known, weights that fit every model, every size a
-    valid task.data.image_size, and every model able to take every size (a forward pass on the meta device)."""
+    valid task.data.image_size, and every model able to take every size (a forward pass on the meta device,
+    where torch is installed)."""
     if "model" not in space and "image_size" not in space:
         return
     models = _choices_of("model", space, task.model.name)
@@ -476,8 +477,11 @@ def _check_task_choices(task: TaskSpec, space: dict[str, ParamSpec]) -> None:
                 dataclasses.replace(task.data, image_size=size)
             except DataConfigError as e:
                 raise SpecError(f"search_space.image_size.choices[{i}]", e.problem) from None
-    from hpsearch.data import NATIVE_SIZES
-    from hpsearch.models import input_problem  # torch: only a spec that searches the task pays it
+    try:  # torch: only a spec that searches the task pays it
+        from hpsearch.data import NATIVE_SIZES
+        from hpsearch.models import input_problem
+    except ImportError:  # no torch (a machine that validates, not trains): a misfit fails its trial
+        return
 
     for size in _choices_of("image_size", space, task.data.image_size):
         pixels = size or NATIVE_SIZES[task.data.name]
@@ -499,9 +503,8 @@ def _parse_model(raw: Any) -> ModelSpec:
 
 
 def _model_name(name: Any, path: str) -> str:
-    models = _torchvision_models()
-    if name not in models:
-        raise SpecError(path, checks.unknown("model", name, models))
+    if not model_catalog.is_model(name):
+        raise SpecError(path, checks.unknown("model", name, model_catalog.suggestions()))
     return name
 
 
@@ -542,22 +545,13 @@ def _weights(model: str, value: Any, path: str) -> str:
         if not os.path.isfile(value):  # relative to the working directory, like any CLI path
             raise SpecError(path, f"file not found: {value}")
         return value
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(model)
-    member = value.removeprefix(f"{enum.__name__}.")  # 'MobileNet_V2_Weights.IMAGENET1K_V2' works too
-    if member not in enum.__members__:
-        valid = ", ".join(["none", *enum.__members__])
+    enum, members = model_catalog.weights(model)
+    member = value.removeprefix(f"{enum}.")  # 'MobileNet_V2_Weights.IMAGENET1K_V2' works too
+    if member not in members:
+        valid = ", ".join(["none", *members])
         raise SpecError(path, f"{model} has no weights {checks.shown(value)} "
                               f"(valid: {valid}, or a path to a state_dict file)")
     return member
-
-
-@functools.cache
-def _torchvision_models() -> tuple[str, ...]:
-    import torchvision  # ~1 s; only a spec that names a model pays it
-
-    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name != "name"}

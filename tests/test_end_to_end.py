@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import optuna
@@ -35,6 +36,7 @@ def child_runs(client: MlflowClient, experiment: str):
 
 
 def test_run_status_best_export_train(write_space, workdir):
+    shutil.rmtree(workdir / "mlruns")  # a user's first run: hpsearch makes the MLflow store itself
     space = write_space()
     result = invoke("run", str(space))
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""The package's layering: no import cycle, the trainer needs torch alone, the spec needs no torch."""
+"""The package's layering: no import cycle, the trainer needs torch alone, the spec and shipped spaces need no torch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "hpsearch"
+SHIPPED_SPACES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("spaces/*.yaml"), *ROOT.glob("examples/*.yaml")])
+WITHOUT_TORCH = ("torch", "torchvision", "mlflow")
 
 
 def _imports(path: Path) -> set[str]:
@@ -53,23 +56,84 @@ def test_no_module_imports_itself_through_others():
     assert cycles == []
 
 
+def _run_without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (in the repository) where the `blocked` packages cannot be imported."""
+    code = f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n{code}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
 def _import_without(blocked: tuple[str, ...], modules: tuple[str, ...]) -> subprocess.CompletedProcess:
     """Import `modules` in a fresh interpreter where the `blocked` packages cannot be imported."""
-    code = (
-        "import sys\n"
-        f"for name in {blocked!r}: sys.modules[name] = None\n"
-        f"for name in {modules!r}: __import__(name)\n"
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return _run_without(blocked, f"for name in {modules!r}: __import__(name)\n")
 
 
 @pytest.mark.parametrize("blocked, modules", [
     # GPU boxes may carry torch alone: the trainer and what it reads import nothing else of hpsearch's.
     (("optuna", "mlflow", "yaml", "click", "rich", "sqlalchemy"),
      ("hpsearch.data", "hpsearch.models", "hpsearch.train", "hpsearch.config", "hpsearch.params")),
-    # The spec validates without torch (only a model name or weights name loads torchvision).
-    (("torch", "torchvision", "mlflow"), ("hpsearch.spec", "hpsearch.config", "hpsearch.registry")),
+    # The spec imports without torch or Optuna (Optuna is loaded to check and build a sampler, not to import).
+    ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec", "hpsearch.config", "hpsearch.registry", "hpsearch.model_catalog")),
 ], ids=["trainer-torch-only", "spec-torch-free"])
 def test_layers_import_only_what_they_need(blocked, modules):
     result = _import_without(blocked, modules)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_shipped_space_validates_without_torch():
+    """load_spec and `hpsearch validate` of each shipped space, torch, torchvision and mlflow unimportable."""
+    code = (
+        "from hpsearch.cli import cli\n"
+        "from hpsearch.spec import load_spec\n"
+        f"for path in {SHIPPED_SPACES!r}:\n"
+        "    load_spec(path)\n"
+        "    cli(['validate', path], standalone_mode=False)\n"
+    )
+    result = _run_without(WITHOUT_TORCH, code)
+    assert result.returncode == 0, result.stderr
+    assert len(SHIPPED_SPACES) >= 7
+    assert [line for line in result.stdout.splitlines() if line.endswith(": valid")] == [
+        f"# {path}: valid" for path in SHIPPED_SPACES
+    ]
+
+
+@pytest.mark.parametrize("model, refusal", [
+    ({"name": "mobilenet_v9"}, "task.model.name: unknown model 'mobilenet_v9' (did you mean 'mobilenet_v2'?)"),
+    ({"name": "mobilenet_v2", "weights": "IMAGENET9K"},
+     "task.model.weights: mobilenet_v2 has no weights 'IMAGENET9K' "
+     "(valid: none, IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, or a path to a state_dict file)"),
+], ids=["model-name", "weights-name"])
+@pytest.mark.parametrize("blocked", [WITHOUT_TORCH, ()], ids=["without-torch", "with-torch"])
+def test_model_refusals_are_the_same_without_torch(model, refusal, blocked):
+    code = (
+        "import yaml\n"
+        "from hpsearch.spec import SpecError, parse_spec\n"
+        "data = yaml.safe_load(open('spaces/quickstart.yaml'))\n"
+        f"data['task']['model'] = {model!r}\n"
+        "try:\n"
+        "    parse_spec(data)\n"
+        "except SpecError as e:\n"
+        "    print(e)\n"
+    )
+    result = _run_without(blocked, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == refusal
+
+
+def test_model_catalog_is_what_the_installed_torchvision_lists():
+    """The checked-in table equals the installed torchvision's models, weights and stages (regenerate it with
+    `python -m hpsearch.model_catalog --write` when this fails after a torchvision upgrade)."""
+    from hpsearch import model_catalog
+
+    assert model_catalog.generate() == model_catalog.CATALOG
+
+
+def test_a_model_the_catalog_lacks_is_asked_of_torchvision(monkeypatch):
+    """A newer torchvision's model is accepted, and its weights and stages read, though the table lacks it."""
+    from hpsearch import model_catalog
+
+    entry = model_catalog.CATALOG["mobilenet_v2"]
+    monkeypatch.delitem(model_catalog.CATALOG, "mobilenet_v2")
+    assert model_catalog.is_model("mobilenet_v2")
+    assert model_catalog.weights("mobilenet_v2") == (entry.weights_enum, entry.weights)
+    assert model_catalog.stages("mobilenet_v2") == entry.stages
+    assert not model_catalog.is_model("mobilenet_v9")
