@@ -227,7 +227,9 @@ def read_junit(path: Path) -> dict | None:
                                "failed": total["failures"], "errors": total["errors"], "skipped": total["skipped"]},
                     "failures": [], "skips": [], "collection_errors": []}
     for case in root.iter("testcase"):
-        name = "::".join(n for n in (case.get("classname"), case.get("name")) if n)
+        classname, test = case.get("classname") or "", case.get("name") or ""
+        # A module that failed to collect has no classname: its dotted path is the name.
+        name = f"{_module_name(classname)}::{test}" if classname else _module_name(test)
         for kind in ("failure", "error"):
             element = case.find(kind)
             if element is None:
@@ -239,6 +241,14 @@ def read_junit(path: Path) -> dict | None:
         if skipped is not None:
             report["skips"].append(f"{name}: {skipped.get('message', '')}")
     return report
+
+
+def _module_name(classname: str) -> str:
+    """A test's module (and class) from its JUnit classname, without the folders above the module: pytest
+    derives those from its rootdir, so they differ with where the repository and the tests lie."""
+    parts = classname.split(".")
+    start = max((i for i, part in enumerate(parts) if part.startswith("test")), default=0)
+    return ".".join(parts[start:])
 
 
 def error_line(text: str) -> str:
