@@ -15,7 +15,7 @@ split: 20% held out for testing, 20% of the rest for validation, no augmentation
                --calibration-batches batches of 64 training images.
   pruned50+int8  the 50%-pruned, fine-tuned model, quantized the same way (needs 0.5 in --amounts).
 
-Each variant: validation and test accuracy (hpsearch.train.evaluate), and costs.py's size_mb (the deployable
+Each variant: validation and test accuracy (hpsearch.engine.train.evaluate), and costs.py's size_mb (the deployable
 file: a float model's state_dict, an int8 model's exported program), params_m (non-zero parameters) and CPU
 latency_ms at batch 1, each also as a ratio to the baseline of the same run. Latency is measured after every
 variant of a model is built, in --latency-rounds interleaved rounds (each a costs.latency_ms median of
@@ -58,8 +58,9 @@ import torch  # noqa: E402
 from search_quality import cpu_facts  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hpsearch import costs  # noqa: E402
-from hpsearch.compression import (  # noqa: E402
+from hpsearch.core.hparams import HParams  # noqa: E402
+from hpsearch.deploy import costs  # noqa: E402
+from hpsearch.deploy.compression import (  # noqa: E402
     PRUNABLE,
     Int8Model,
     calibration_batches,
@@ -69,10 +70,9 @@ from hpsearch.compression import (  # noqa: E402
     quantize_int8,
     sparsity,
 )
-from hpsearch.data import DataConfig, load_data  # noqa: E402
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
-from hpsearch.params import HParams  # noqa: E402
-from hpsearch.train import Trainer, evaluate, seed_everything  # noqa: E402
+from hpsearch.engine.data import DataConfig, load_data  # noqa: E402
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
+from hpsearch.engine.train import Trainer, evaluate, seed_everything  # noqa: E402
 
 MODELS = ("mobilenet_v2", "resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 TITLES = {"mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18", "mobilenet_v3_small": "MobileNetV3-Small",

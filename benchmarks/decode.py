@@ -29,10 +29,10 @@ import torch
 # Runnable from a plain checkout on a GPU box where hpsearch is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpsearch import data as data_mod  # noqa: E402
-from hpsearch.data import DataConfig, _decode_all, _scan_imagefolder, clear_data_cache, load_data  # noqa: E402
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from hpsearch.synthetic import write_image_folder  # noqa: E402
+from hpsearch.engine import data as data_mod  # noqa: E402
+from hpsearch.engine.data import DataConfig, _decode_all, _scan_imagefolder, clear_data_cache, load_data  # noqa: E402
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from hpsearch.engine.synthetic import write_image_folder  # noqa: E402
 
 CLASSES = 100  # Tiny ImageNet has 200; 100 keeps the folder's generation quick
 

@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hpsearch.config import DataConfig
-    from hpsearch.data import load_data
-    from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-    from hpsearch.params import HParams
-    from hpsearch.teacher import build_teacher
-    from hpsearch.train import Trainer, evaluate, seed_everything
+    from hpsearch.core.data_config import DataConfig
+    from hpsearch.core.hparams import HParams
+    from hpsearch.engine.data import load_data
+    from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from hpsearch.engine.teacher import build_teacher
+    from hpsearch.engine.train import Trainer, evaluate, seed_everything
 
     started = time.perf_counter()
     norm = (IMAGENET_MEAN, IMAGENET_STD)

@@ -55,10 +55,11 @@ def overhead(n_trials: int) -> dict:
     import optuna
     import torch
 
-    from hpsearch import records, tracking
-    from hpsearch import study as study_mod
-    from hpsearch.spec import parse_spec
-    from hpsearch.suggest import suggest
+    from hpsearch.search import records
+    from hpsearch.search.suggest import suggest
+    from hpsearch.spec.study_spec import parse_spec
+    from hpsearch.storage import study as study_mod
+    from hpsearch.tracking import tracker as tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = parse_spec(
@@ -151,8 +152,8 @@ SMALL_SPACE = {
 
 def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: dict | None = None,
                details: bool = False) -> dict:
-    from hpsearch.runner import run_study
-    from hpsearch.spec import parse_spec
+    from hpsearch.orchestration.runner import run_study
+    from hpsearch.spec.study_spec import parse_spec
 
     out = {}
     for k in workers:
@@ -170,7 +171,7 @@ def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: d
                 if details:  # epochs actually trained (pruned trials stop early) and the best value
                     import optuna
 
-                    from hpsearch.study import open_storage
+                    from hpsearch.storage.study import open_storage
 
                     trials = optuna.load_study(study_name=spec.study.name,
                                                storage=open_storage(spec.study.storage)).trials
@@ -202,10 +203,10 @@ def _mnv2_worker(threads: int, steps: int, barrier, results) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from hpsearch.data import DataConfig, load_data
-    from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-    from hpsearch.params import HParams
-    from hpsearch.train import Trainer, seed_everything
+    from hpsearch.core.hparams import HParams
+    from hpsearch.engine.data import DataConfig, load_data
+    from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from hpsearch.engine.train import Trainer, seed_everything
 
     batch = 128
     task = load_data(DataConfig("fake", samples=int(steps * batch / 0.98) + 10, val_fraction=0.02), "cpu",
@@ -290,7 +291,7 @@ def main() -> None:
         else:
             print("gpu: no CUDA device here; skipped")
     if args.only == "cpu-slots":  # minutes of CPU: only when asked for
-        from hpsearch.devices import usable_cores
+        from hpsearch.orchestration.devices import usable_cores
 
         cores = usable_cores()  # the same count `trials_per_device: auto` splits
         r = results["cpu_slots"] = cpu_slots(cores, args.steps, args.quickstart_trials)

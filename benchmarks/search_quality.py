@@ -26,7 +26,7 @@ scikit-learn's digits (offline), MobileNetV2 from scratch at 32 px, no augmentat
 training data held out for validation (and digits' fixed 20% test split, never seen by a search),
 TPE (5 startup trials) + median pruning (3 startup trials, 2 warm-up epochs), and the searched
 epochs (2..--max-epochs), lr, batch_size, optimizer, momentum (when sgd), weight_decay, dropout,
-scheduler. The data tensors of every arm are hpsearch's own: `hpsearch.data.load_data(..., split_seed=seed)`,
+scheduler. The data tensors of every arm are hpsearch's own: `hpsearch.engine.data.load_data(..., split_seed=seed)`,
 which is what an hpsearch study with sampler seed `seed` loads, so every arm of a seed sees the same
 split.
 
@@ -166,9 +166,9 @@ def suggest(trial, search_space: dict[str, dict]) -> dict[str, Any]:
 
 def load_tensors(data_section: dict, seed: int):
     """(task, {split: (x float normalised NCHW, y int64)}) exactly as an hpsearch study of this seed loads them."""
-    from hpsearch.config import DataConfig
-    from hpsearch.data import load_data
-    from hpsearch.models import normalization
+    from hpsearch.core.data_config import DataConfig
+    from hpsearch.engine.data import load_data
+    from hpsearch.engine.models import normalization
 
     mean, std = normalization(MODEL, "none")
     task = load_data(DataConfig(**data_section), "cpu", mean, std, split_seed=seed)
@@ -300,7 +300,7 @@ def run_hpsearch(slots: int, seed: int, trials: int, max_epochs: int, keep: Path
     import optuna
     import yaml
 
-    from hpsearch.study import open_storage
+    from hpsearch.storage.study import open_storage
 
     folder = Path(tempfile.mkdtemp(prefix=f"sq-hpsearch{slots}-s{seed}-", dir=keep))
     try:
@@ -493,9 +493,9 @@ PARITY_CONFIGS = {
 
 def hpsearch_train(params: dict[str, Any], task, seed: int) -> list[float]:
     """Validation accuracy per epoch of hpsearch's Trainer, built as a trial builds it (builders.build_trainer)."""
-    from hpsearch.models import build_model
-    from hpsearch.params import HParams
-    from hpsearch.train import Trainer, seed_everything
+    from hpsearch.core.hparams import HParams
+    from hpsearch.engine.models import build_model
+    from hpsearch.engine.train import Trainer, seed_everything
 
     hp = HParams.from_dict(params)
     seed_everything(seed)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hpsearch.synthetic import write_image_folder
+from hpsearch.engine.synthetic import write_image_folder
 
 from .support import TINY_SPACE, merge
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpsearch.cli import main
+from hpsearch.cli.main import main
 
 from .support import REPO
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpsearch.cli import cli, main
-from hpsearch.compression import load_int8
-from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
+from hpsearch.cli.main import cli, main
+from hpsearch.deploy.compression import load_int8
+from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def test_the_winner_compresses_and_is_measured_after_compression(finished_study)
     assert json.loads((folder / "compression.json").read_text())["after"] == after
 
     # The file is the model that was measured: read back, it scores what compression.json says.
-    from hpsearch.builders import load_task_data
-    from hpsearch.spec import load_spec
-    from hpsearch.train import evaluate
+    from hpsearch.engine.train import evaluate
+    from hpsearch.orchestration.builders import load_task_data
+    from hpsearch.spec.study_spec import load_spec
 
     model = load_int8(folder / "model_int8.pt2")
     data = load_task_data(load_spec(folder / "best.yaml"), "cpu")

@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.credentials import mask_url, redact, usable_url
+from hpsearch.core.credentials import mask_url, redact, usable_url
 
 from .support import REPO, run_cli
 
@@ -101,8 +101,9 @@ def test_an_unreachable_tracking_server_error_never_shows_its_password(write_spa
 
 
 def test_ui_banner_and_command_line_hide_the_password(capsys, monkeypatch, workdir):
-    from hpsearch import store_probe, ui
-    from hpsearch.cli import main
+    from hpsearch.cli import ui
+    from hpsearch.cli.main import main
+    from hpsearch.storage import store_probe
 
     from .support import free_port
 
@@ -253,7 +254,7 @@ SPACE_SECRETS = [
 @pytest.fixture
 def fresh_process(monkeypatch):
     """A process that has parsed no URL yet (`hpsearch report` of a study another process ran)."""
-    from hpsearch import credentials
+    from hpsearch.core import credentials
 
     monkeypatch.setattr(credentials, "_known", set())
 
@@ -269,9 +270,11 @@ def mlflow_store(tmp_path_factory):
 
 @pytest.mark.parametrize("text", [c[1] for c in SPACE_SECRETS], ids=[c[0] for c in SPACE_SECRETS])
 def test_the_space_artifact_masks_every_store_password(fresh_process, mlflow_store, tmp_path, text):
-    from hpsearch import credentials, records, study_story
-    from hpsearch.credentials import masked_spec
-    from hpsearch.spec import load_spec
+    from hpsearch.core import credentials
+    from hpsearch.core.credentials import masked_spec
+    from hpsearch.reporting import parent_run as study_story
+    from hpsearch.search import records
+    from hpsearch.spec.study_spec import load_spec
 
     db, client = mlflow_store
     space = tmp_path / "s.yaml"
@@ -295,7 +298,7 @@ def test_the_space_artifact_masks_every_store_password(fresh_process, mlflow_sto
 
 @pytest.mark.parametrize("text", [c[1] for c in SPACE_SECRETS], ids=[c[0] for c in SPACE_SECRETS])
 def test_validate_prints_no_password_from_the_space_file(fresh_process, capsys, tmp_path, text):
-    from hpsearch.cli import main
+    from hpsearch.cli.main import main
 
     space = tmp_path / "s.yaml"
     space.write_text(text.replace("PW", PASSWORD) + TASK)

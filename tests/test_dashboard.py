@@ -11,8 +11,8 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.ui import end_tree
+from hpsearch.cli.ui import end_tree
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
 
 from .support import free_port, wait_for
 

@@ -16,10 +16,11 @@ import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 
-from hpsearch import db_outages, records
-from hpsearch import study as study_mod
-from hpsearch.db_outages import OutageProofStorage, is_transient
-from hpsearch.locks import LockTimeout, LockWaitAborted
+from hpsearch.search import records
+from hpsearch.storage import db_outages
+from hpsearch.storage import study as study_mod
+from hpsearch.storage.db_outages import OutageProofStorage, is_transient
+from hpsearch.storage.locks import LockTimeout, LockWaitAborted
 
 from .pg_cluster import PrivateCluster, missing_reason
 from .support import REPO, TINY_SPACE, merge
@@ -165,7 +166,7 @@ def test_the_budget_lock_wait_ends_on_a_stop_request_and_at_its_deadline(kind, r
 
 WAIT_FOR_THE_LOCK = """
 import sys
-from hpsearch.study import budget_lock
+from hpsearch.storage.study import budget_lock
 
 def in_the_wait():
     if not in_the_wait.said:

@@ -13,11 +13,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from hpsearch.cli import cli, main
-from hpsearch.export import _write_files, default_export_dir
-from hpsearch.models import build_model
-from hpsearch.spec import load_spec
-from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
+from hpsearch.cli.main import cli, main
+from hpsearch.engine.models import build_model
+from hpsearch.results.export import _write_files, default_export_dir
+from hpsearch.spec.study_spec import load_spec
+from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
 
 from .support import REPO
 

@@ -13,9 +13,9 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from hpsearch.cli import cli, main
-from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
+from hpsearch.cli.main import cli, main
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
 
 from .support import TINY_SPACE, merge, run_cli
 

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpsearch.cli import cli
-from hpsearch.credentials import mask_url
+from hpsearch.cli.main import cli
+from hpsearch.core.credentials import mask_url
 
 from .support import REPO
 

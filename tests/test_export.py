@@ -9,11 +9,12 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch import records, tracking
-from hpsearch.cli import main
-from hpsearch.export import export_best
-from hpsearch.spec import parse_spec
-from hpsearch.study import open_storage
+from hpsearch.cli.main import main
+from hpsearch.results.export import export_best
+from hpsearch.search import records
+from hpsearch.spec.study_spec import parse_spec
+from hpsearch.storage.study import open_storage
+from hpsearch.tracking import tracker as tracking
 
 from .support import TINY_SPACE, merge
 

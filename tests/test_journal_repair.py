@@ -7,8 +7,8 @@ import json
 import optuna
 import pytest
 
-from hpsearch.errors import RunFailure
-from hpsearch.study import DEFAULT_STORAGE, TORN_SUFFIX, open_storage
+from hpsearch.core.errors import RunFailure
+from hpsearch.storage.study import DEFAULT_STORAGE, TORN_SUFFIX, open_storage
 
 from .support import run_cli
 

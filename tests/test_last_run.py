@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 
-from hpsearch import study as study_mod
-from hpsearch.study import LAST_RUN_FILE, LastRun
+from hpsearch.storage import study as study_mod
+from hpsearch.storage.study import LAST_RUN_FILE, LastRun
 
 WRITERS = 4
 WRITES = 150

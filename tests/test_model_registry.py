@@ -16,11 +16,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from hpsearch import tracking
-from hpsearch.builders import build_model_for, hparams_for
-from hpsearch.cli import main
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD
-from hpsearch.spec import load_spec
+from hpsearch.cli.main import main
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD
+from hpsearch.orchestration.builders import build_model_for, hparams_for
+from hpsearch.spec.study_spec import load_spec
+from hpsearch.tracking import tracker as tracking
 
 from .support import run_cli
 

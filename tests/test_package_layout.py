@@ -70,9 +70,11 @@ def _import_without(blocked: tuple[str, ...], modules: tuple[str, ...]) -> subpr
 @pytest.mark.parametrize("blocked, modules", [
     # GPU boxes may carry torch alone: the trainer and what it reads import nothing else of hpsearch's.
     (("optuna", "mlflow", "yaml", "click", "rich", "sqlalchemy"),
-     ("hpsearch.data", "hpsearch.models", "hpsearch.train", "hpsearch.config", "hpsearch.params")),
+     ("hpsearch.engine.data", "hpsearch.engine.models", "hpsearch.engine.train", "hpsearch.core.data_config",
+      "hpsearch.core.hparams")),
     # The spec imports without torch or Optuna (Optuna is loaded to check and build a sampler, not to import).
-    ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec", "hpsearch.config", "hpsearch.registry", "hpsearch.model_catalog")),
+    ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec.study_spec", "hpsearch.core.data_config", "hpsearch.search.registry",
+                                  "hpsearch.spec.model_catalog")),
 ], ids=["trainer-torch-only", "spec-torch-free"])
 def test_layers_import_only_what_they_need(blocked, modules):
     result = _import_without(blocked, modules)
@@ -82,8 +84,8 @@ def test_layers_import_only_what_they_need(blocked, modules):
 def test_every_shipped_space_validates_without_torch():
     """load_spec and `hpsearch validate` of each shipped space, torch, torchvision and mlflow unimportable."""
     code = (
-        "from hpsearch.cli import cli\n"
-        "from hpsearch.spec import load_spec\n"
+        "from hpsearch.cli.main import cli\n"
+        "from hpsearch.spec.study_spec import load_spec\n"
         f"for path in {SHIPPED_SPACES!r}:\n"
         "    load_spec(path)\n"
         "    cli(['validate', path], standalone_mode=False)\n"
@@ -106,7 +108,7 @@ def test_every_shipped_space_validates_without_torch():
 def test_model_refusals_are_the_same_without_torch(model, refusal, blocked):
     code = (
         "import yaml\n"
-        "from hpsearch.spec import SpecError, parse_spec\n"
+        "from hpsearch.spec.study_spec import SpecError, parse_spec\n"
         "data = yaml.safe_load(open('spaces/quickstart.yaml'))\n"
         f"data['task']['model'] = {model!r}\n"
         "try:\n"
@@ -121,15 +123,15 @@ def test_model_refusals_are_the_same_without_torch(model, refusal, blocked):
 
 def test_model_catalog_is_what_the_installed_torchvision_lists():
     """The checked-in table equals the installed torchvision's models, weights and stages (regenerate it with
-    `python -m hpsearch.model_catalog --write` when this fails after a torchvision upgrade)."""
-    from hpsearch import model_catalog
+    `python -m hpsearch.spec.model_catalog --write` when this fails after a torchvision upgrade)."""
+    from hpsearch.spec import model_catalog
 
     assert model_catalog.generate() == model_catalog.CATALOG
 
 
 def test_a_model_the_catalog_lacks_is_asked_of_torchvision(monkeypatch):
     """A newer torchvision's model is accepted, and its weights and stages read, though the table lacks it."""
-    from hpsearch import model_catalog
+    from hpsearch.spec import model_catalog
 
     entry = model_catalog.CATALOG["mobilenet_v2"]
     monkeypatch.delitem(model_catalog.CATALOG, "mobilenet_v2")

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from hpsearch.cli import cli, main
-from hpsearch.spec import load_spec
-from hpsearch.tracking import DEFAULT_TRACKING_URI, client_for
+from hpsearch.cli.main import cli, main
+from hpsearch.spec.study_spec import load_spec
+from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
 
 from .support import REPO
 

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from hpsearch.config import DataConfig
-from hpsearch.data import load_data
-from hpsearch.models import build_model, normalization
-from hpsearch.params import HParams
-from hpsearch.train import Trainer, seed_everything
+from hpsearch.core.data_config import DataConfig
+from hpsearch.core.hparams import HParams
+from hpsearch.engine.data import load_data
+from hpsearch.engine.models import build_model, normalization
+from hpsearch.engine.train import Trainer, seed_everything
 
 MODEL = "resnet18"
 DATA = DataConfig(name="digits", val_fraction=0.2, image_size=16, augment="none")

@@ -14,11 +14,12 @@ import requests
 from mlflow.exceptions import MlflowException, RestException
 from optuna.trial import TrialState
 
-from hpsearch import records, tracking
-from hpsearch import study as study_mod
-from hpsearch.devices import plan_slots
-from hpsearch.live import LiveView
-from hpsearch.records import (
+from hpsearch.cli.live import LiveView
+from hpsearch.orchestration.devices import plan_slots
+from hpsearch.orchestration.runner import checkpoints_lost_line
+from hpsearch.orchestration.workers import Orchestrator, WorkerHandle
+from hpsearch.search import records
+from hpsearch.search.records import (
     CheckpointFailed,
     EpochEnded,
     FailureKind,
@@ -32,9 +33,9 @@ from hpsearch.records import (
     WritesLost,
     WritesPending,
 )
-from hpsearch.runner import checkpoints_lost_line
-from hpsearch.tracking import StudyTracker, TrialRun, close_killed_run
-from hpsearch.workers import Orchestrator, WorkerHandle
+from hpsearch.storage import study as study_mod
+from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking.tracker import StudyTracker, TrialRun, close_killed_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 

@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hpsearch import records
-from hpsearch.cli import main
-from hpsearch.study import open_storage
+from hpsearch.cli.main import main
+from hpsearch.search import records
+from hpsearch.storage.study import open_storage
 
 STATE = optuna.trial.TrialState
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "optimizer": CategoricalDistribution(["sgd", "adamw"]),

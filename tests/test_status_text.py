@@ -7,11 +7,11 @@ import json
 import optuna
 import pytest
 
-from hpsearch import records
-from hpsearch.cli import main
-from hpsearch.devices import Slot
-from hpsearch.live import LiveView
-from hpsearch.study import open_storage
+from hpsearch.cli.live import LiveView
+from hpsearch.cli.main import main
+from hpsearch.orchestration.devices import Slot
+from hpsearch.search import records
+from hpsearch.storage.study import open_storage
 
 REASON = "RuntimeError: boom [/x] then [bold]loud and [/] [link=file:///etc]x[/link]"
 

@@ -1,6 +1,6 @@
 """A store that was never there fails in seconds: one line naming its option, exit 2, no password.
 
-The start-up probe (hpsearch.store_probe) against the real PostgreSQL, a private cluster that checks
+The start-up probe (hpsearch.storage.store_probe) against the real PostgreSQL, a private cluster that checks
 passwords, a real `mlflow server`, and tiny loopback servers that are not MLflow or never answer.
 HPSEARCH_OUTAGE_SECONDS stays at 900 throughout: nothing here may wait for it.
 
@@ -21,9 +21,10 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
-from hpsearch import store_probe, tracking
-from hpsearch.db_outages import DatabaseRefused, OutageProofStorage, connect_args, is_transient
-from hpsearch.outages import CONNECT_ENV
+from hpsearch.core.outages import CONNECT_ENV
+from hpsearch.storage import store_probe
+from hpsearch.storage.db_outages import DatabaseRefused, OutageProofStorage, connect_args, is_transient
+from hpsearch.tracking import tracker as tracking
 
 from .conftest import PG_ADMIN, MlflowServers
 from .pg_cluster import PrivateCluster, missing_reason
@@ -102,10 +103,11 @@ def warm(tmp_path_factory):
     its store, not Python's imports on a busy machine."""
     import importlib
 
-    from hpsearch.spec import load_spec
+    from hpsearch.spec.study_spec import load_spec
 
-    for name in ("hpsearch.cli", "hpsearch.runner", "hpsearch.retrain", "hpsearch.ui", "hpsearch.study_story",
-                 "hpsearch.compress_trial", "hpsearch.report", "hpsearch.export", "mlflow.utils.rest_utils",
+    for name in ("hpsearch.cli.main", "hpsearch.orchestration.runner", "hpsearch.results.retrain", "hpsearch.cli.ui",
+                 "hpsearch.reporting.parent_run", "hpsearch.results.compress", "hpsearch.results.tables",
+                 "hpsearch.results.export", "mlflow.utils.rest_utils",
                  "mlflow.tracking._tracking_service.utils"):
         importlib.import_module(name)
     space = tmp_path_factory.mktemp("warm") / "tiny.yaml"
@@ -125,7 +127,7 @@ def project(workdir, monkeypatch, warm):
 
 def _cli(capsys, *argv: str) -> tuple[int, str, float]:
     """(exit code, stderr, seconds) of `hpsearch ARGV`, in this process."""
-    from hpsearch.cli import main
+    from hpsearch.cli.main import main
 
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:

@@ -10,7 +10,7 @@ import sys
 
 from optuna.trial import TrialState, create_trial
 
-from hpsearch import study as study_mod
+from hpsearch.storage import study as study_mod
 
 
 def running(attrs: dict, started_seconds_ago: float = 5.0):

@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch import records
-from hpsearch.cli import main
-from hpsearch.study import DEFAULT_STORAGE, LAST_RUN_FILE, open_storage
+from hpsearch.cli.main import main
+from hpsearch.search import records
+from hpsearch.storage.study import DEFAULT_STORAGE, LAST_RUN_FILE, open_storage
 
 ESC = "\x1b]0;pwned\x07\x1b[2J"  # sets the window title, clears the screen
 ESCAPED = r"\x1b]0;pwned\x07\x1b[2J"
@@ -135,8 +135,8 @@ def test_json_output_keeps_study_data_exact(workdir, capsys):
 
 
 def test_live_view_shows_a_fail_reason_escaped(capsys):
-    from hpsearch.devices import Slot
-    from hpsearch.live import LiveView
+    from hpsearch.cli.live import LiveView
+    from hpsearch.orchestration.devices import Slot
 
     for interactive in (True, False):
         live = LiveView("val_accuracy", "maximize", 3, interactive=interactive)

@@ -17,8 +17,8 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.records import ATTR_CHECKPOINT_PENDING, STUDY_UNDELIVERED
-from hpsearch.study import DEFAULT_STORAGE, open_storage
+from hpsearch.search.records import ATTR_CHECKPOINT_PENDING, STUDY_UNDELIVERED
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
 
 from .support import run_cli, wait_for
 

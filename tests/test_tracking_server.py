@@ -11,11 +11,11 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.builders import build_model_for, hparams_for
-from hpsearch.records import TAG_CHECKPOINT_ERROR
-from hpsearch.spec import load_spec
-from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking import client_for
+from hpsearch.orchestration.builders import build_model_for, hparams_for
+from hpsearch.search.records import TAG_CHECKPOINT_ERROR
+from hpsearch.spec.study_spec import load_spec
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.tracking.tracker import client_for
 
 from .support import run_cli
 

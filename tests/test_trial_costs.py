@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from hpsearch.builders import build_trainer, hparams_for, measure_trained
-from hpsearch.spec import parse_spec
+from hpsearch.orchestration.builders import build_trainer, hparams_for, measure_trained
+from hpsearch.spec.study_spec import parse_spec
 
 SPACE = {
     "study": {"name": "t", "objectives": ["val_accuracy", "latency_ms", "size_mb"]},

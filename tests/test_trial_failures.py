@@ -12,14 +12,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import objective, records, tracking
-from hpsearch import study as study_mod
-from hpsearch.objective import TrialContext, run_trial
-from hpsearch.records import FailureKind
-from hpsearch.registry import build_pruner, build_sampler, trial_seed
-from hpsearch.spec import load_spec
-from hpsearch.study import create_or_resume
-from hpsearch.train import NonFiniteLoss
+from hpsearch.engine.train import NonFiniteLoss
+from hpsearch.orchestration import objective
+from hpsearch.orchestration.objective import TrialContext, run_trial
+from hpsearch.search import records
+from hpsearch.search.records import FailureKind
+from hpsearch.search.registry import build_pruner, build_sampler, trial_seed
+from hpsearch.spec.study_spec import load_spec
+from hpsearch.storage import study as study_mod
+from hpsearch.storage.study import create_or_resume
+from hpsearch.tracking import tracker as tracking
 
 from .support import run_cli, wait_for
 from .test_workers import assert_nothing_left_running, interrupt, load, start_run_until_mid_trial

@@ -20,8 +20,8 @@ import optuna
 import psutil
 from mlflow import MlflowClient
 
-from hpsearch.study import DEFAULT_STORAGE, open_storage
-from hpsearch.ui import is_loopback
+from hpsearch.cli.ui import is_loopback
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
 
 from .support import free_port, run_cli, wait_for
 

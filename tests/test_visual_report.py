@@ -17,10 +17,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch import records, runner, study_story
-from hpsearch.cli import main
-from hpsearch.tracking import StudyTracker, client_for
-from hpsearch.visual_report import REPORT_PAGE, write_report
+from hpsearch.cli.main import main
+from hpsearch.orchestration import runner
+from hpsearch.reporting import parent_run as study_story
+from hpsearch.reporting.html_report import REPORT_PAGE, write_report
+from hpsearch.search import records
+from hpsearch.tracking.tracker import StudyTracker, client_for
 
 from .support import run_cli
 

@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.devices import Slot, plan_slots
-from hpsearch.errors import UsageError
-from hpsearch.records import FailureKind, TrialEnded, WorkerRetiring
-from hpsearch.study import DEFAULT_STORAGE, open_storage
+from hpsearch.core.errors import UsageError
+from hpsearch.orchestration.devices import Slot, plan_slots
+from hpsearch.search.records import FailureKind, TrialEnded, WorkerRetiring
+from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
 
 from .support import run_cli, wait_for
 
@@ -277,8 +277,8 @@ class _Process:
 
 def _orchestrator_with_two_trials_on_one_gpu(capsys):
     """An Orchestrator over a real (in-memory) study, with two slots of GPU 0 each holding a trial."""
-    from hpsearch.live import LiveView
-    from hpsearch.workers import Orchestrator, WorkerHandle
+    from hpsearch.cli.live import LiveView
+    from hpsearch.orchestration.workers import Orchestrator, WorkerHandle
 
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     slots = plan_slots("auto", 2, gpu_count=1)

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from hpsearch.spec import SpecError, parse_spec
+from hpsearch.spec.study_spec import SpecError, parse_spec
 
 # A small valid spec that the refusal tests change one field of.
 BASE = {

@@ -13,11 +13,12 @@ import torch
 import torchvision
 import yaml
 
-from hpsearch import builders, data, models
-from hpsearch.config import DataConfig, is_weights_path
-from hpsearch.data import clear_data_cache
-from hpsearch.params import HParams
-from hpsearch.spec import SpecError, load_spec, parse_spec
+from hpsearch.core.data_config import DataConfig, is_weights_path
+from hpsearch.core.hparams import HParams
+from hpsearch.engine import data, models
+from hpsearch.engine.data import clear_data_cache
+from hpsearch.orchestration import builders
+from hpsearch.spec.study_spec import SpecError, load_spec, parse_spec
 
 from .helpers import edited, refusal
 

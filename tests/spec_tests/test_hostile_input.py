@@ -8,10 +8,10 @@ import time
 import pytest
 import yaml
 
-from hpsearch import strict_yaml
-from hpsearch.checks import shown
-from hpsearch.cli import main
-from hpsearch.spec import SpecError, apply_overrides, load_spec, parse_spec
+from hpsearch.cli.main import main
+from hpsearch.core.checks import shown
+from hpsearch.spec import strict_yaml
+from hpsearch.spec.study_spec import SpecError, apply_overrides, load_spec, parse_spec
 
 from .helpers import BASE, edited
 
@@ -250,7 +250,7 @@ def test_trials_per_device_is_bounded_on_the_command_line(tmp_path, capsys):
 
 
 def test_no_more_workers_than_trials_left(monkeypatch):
-    from hpsearch.devices import plan_slots
+    from hpsearch.orchestration.devices import plan_slots
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
@@ -263,7 +263,7 @@ def test_no_more_workers_than_trials_left(monkeypatch):
 
 def test_a_run_starts_no_more_workers_than_trials_left(tmp_path, monkeypatch):
     """`run` plans its slots for the trials left: 2 trials with --trials-per-device 8 start 2 workers."""
-    from hpsearch import runner
+    from hpsearch.orchestration import runner
 
     class Planned(Exception):
         pass

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpsearch.spec import SpecError, load_spec
+from hpsearch.spec.study_spec import SpecError, load_spec
 
 
 def refusal(path) -> str:

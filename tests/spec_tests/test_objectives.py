@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from hpsearch.spec import Objective, parse_spec
+from hpsearch.spec.study_spec import Objective, parse_spec
 
 from .helpers import BASE, refusal
 

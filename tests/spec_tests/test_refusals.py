@@ -6,10 +6,10 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.builders import hparams_for
-from hpsearch.cli import main
-from hpsearch.spec import SpecError, fixed_spec, parse_spec
-from hpsearch.suggest import suggest
+from hpsearch.cli.main import main
+from hpsearch.orchestration.builders import hparams_for
+from hpsearch.search.suggest import suggest
+from hpsearch.spec.study_spec import SpecError, fixed_spec, parse_spec
 
 from .helpers import BASE, DELETE, edited, refusal
 

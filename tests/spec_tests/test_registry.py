@@ -5,8 +5,8 @@ import inspect
 import optuna
 import pytest
 
-from hpsearch import registry
-from hpsearch.spec import PrunerSpec, SamplerSpec, parse_spec
+from hpsearch.search import registry
+from hpsearch.spec.study_spec import PrunerSpec, SamplerSpec, parse_spec
 
 from .helpers import BASE, edited
 

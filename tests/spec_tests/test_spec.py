@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpsearch.spec import (
+from hpsearch.spec.study_spec import (
     ParamSpec,
     PrunerSpec,
     SamplerSpec,

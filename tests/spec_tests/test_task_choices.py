@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from hpsearch.builders import hparams_for
-from hpsearch.spec import fixed_spec, parse_spec, with_task_choices
+from hpsearch.orchestration.builders import hparams_for
+from hpsearch.spec.study_spec import fixed_spec, parse_spec, with_task_choices
 
 from .helpers import BASE, refusal
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from hpsearch.cli import main
-from hpsearch.runner import _parent_params
-from hpsearch.spec import SpecError, parse_spec
+from hpsearch.cli.main import main
+from hpsearch.orchestration.runner import _parent_params
+from hpsearch.spec.study_spec import SpecError, parse_spec
 
 from .helpers import BASE, refusal
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hpsearch.data import clear_data_cache
-from hpsearch.train import reset_graphs_state
+from hpsearch.engine.data import clear_data_cache
+from hpsearch.engine.train import reset_graphs_state
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch.models import build_model
+from hpsearch.engine.models import build_model
 
 
 def momenta(model: nn.Module) -> set:
@@ -17,8 +17,8 @@ def test_none_keeps_the_models_own_and_a_value_reaches_every_batchnorm():
     assert momenta(build_model("resnet18", 10)) == {0.1}
     assert momenta(build_model("mobilenet_v3_small", 10, bn_momentum=0.1)) == {0.1}
     pytest.importorskip("optuna")  # the spec's side; trainer tests also run on a GPU box with torch alone
-    from hpsearch.builders import build_model_for, hparams_for
-    from hpsearch.spec import parse_spec
+    from hpsearch.orchestration.builders import build_model_for, hparams_for
+    from hpsearch.spec.study_spec import parse_spec
 
     spec = parse_spec({"study": {"name": "t"}, "task": {"model": {"name": "efficientnet_b0", "weights": "none"},
                                                          "data": {"name": "fake"}},

@@ -1,4 +1,4 @@
-"""hpsearch.compression: global magnitude pruning (masks on while fine-tuning, then permanent) and int8
+"""hpsearch.deploy.compression: global magnitude pruning (masks on while fine-tuning, then permanent) and int8
 post-training quantization through torchao's PT2E flow, measured with costs.py and train.evaluate."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch import costs
-from hpsearch.compression import (
+from hpsearch.core.hparams import HParams
+from hpsearch.deploy import costs
+from hpsearch.deploy.compression import (
     Int8Model,
     calibration_batches,
     load_int8,
@@ -21,10 +22,9 @@ from hpsearch.compression import (
     quantize_int8,
     sparsity,
 )
-from hpsearch.data import DataConfig, load_data
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from hpsearch.params import HParams
-from hpsearch.train import Trainer, evaluate, seed_everything
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from hpsearch.engine.train import Trainer, evaluate, seed_everything
 
 DIGITS = DataConfig("digits", image_size=16, val_fraction=0.2, augment="none")
 

@@ -1,4 +1,4 @@
-"""hpsearch.costs: what a trained model costs to deploy (non-zero parameters, file size, batch-1 latency)."""
+"""hpsearch.deploy.costs: what a trained model costs to deploy (non-zero parameters, file size, batch-1 latency)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch import builders, costs
-from hpsearch.compression import make_permanent, prune_global
-from hpsearch.models import build_model
-from hpsearch.params import COST_METRICS
+from hpsearch.core.hparams import COST_METRICS
+from hpsearch.deploy import costs
+from hpsearch.deploy.compression import make_permanent, prune_global
+from hpsearch.engine.models import build_model
+from hpsearch.orchestration import builders
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -164,8 +165,8 @@ def test_a_trials_latency_is_measured_where_and_as_it_trained(device, settings, 
 def test_a_trials_run_records_how_its_latency_is_measured():
     pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
     pytest.importorskip("yaml")
-    from hpsearch.params import HParams
-    from hpsearch.spec import parse_spec
+    from hpsearch.core.hparams import HParams
+    from hpsearch.spec.study_spec import parse_spec
 
     spec = parse_spec({"study": {"name": "t", "objectives": ["val_accuracy", "latency_ms"]},
                        "task": {"model": "resnet18", "data": "digits"}})

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hpsearch import builders, train
-from hpsearch import data as data_module
-from hpsearch.data import DataConfig, fits_on_device
-from hpsearch.models import build_model
-from hpsearch.params import HParams
+from hpsearch.core.hparams import HParams
+from hpsearch.engine import data as data_module
+from hpsearch.engine import train
+from hpsearch.engine.data import DataConfig, fits_on_device
+from hpsearch.engine.models import build_model
+from hpsearch.orchestration import builders
 
 GIB = 2**30
 

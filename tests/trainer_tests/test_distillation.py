@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch import builders
-from hpsearch import teacher as teacher_module
-from hpsearch.data import DataConfig, load_data
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from hpsearch.params import HParams
-from hpsearch.teacher import Teacher, distillation_loss, prepare_teacher, renormalisation
-from hpsearch.train import Trainer, graphs_disabled_reason, seed_everything
+from hpsearch.core.hparams import HParams
+from hpsearch.engine import teacher as teacher_module
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from hpsearch.engine.teacher import Teacher, distillation_loss, prepare_teacher, renormalisation
+from hpsearch.engine.train import Trainer, graphs_disabled_reason, seed_everything
+from hpsearch.orchestration import builders
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SIZE, CLASSES = 8, 4
@@ -146,7 +146,7 @@ def test_a_teacher_trained_with_another_normalisation_gets_the_batch_its_way():
 def test_a_worker_loads_its_teacher_once_for_two_trials(tmp_path, monkeypatch):
     pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
     pytest.importorskip("yaml")
-    from hpsearch.spec import parse_spec
+    from hpsearch.spec.study_spec import parse_spec
 
     torch.save(build_model("mobilenet_v3_small", CLASSES).state_dict(), tmp_path / "teacher.pt")
     data = {"name": "fake", "samples": 40, "num_classes": CLASSES, "image_size": 16, "val_fraction": 0.25}

@@ -11,9 +11,10 @@ import copy
 import pytest
 import torch
 
-from hpsearch.data import DataConfig, load_data
-from hpsearch.finetune import param_groups
-from hpsearch.models import (
+from hpsearch.core.hparams import HParams
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.finetune import param_groups
+from hpsearch.engine.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     backbone_stages,
@@ -24,8 +25,7 @@ from hpsearch.models import (
     skeleton,
     stage_parameters,
 )
-from hpsearch.params import HParams
-from hpsearch.train import (
+from hpsearch.engine.train import (
     GRAPH_WARMUP_STEPS,
     Trainer,
     build_optimizer,
@@ -354,11 +354,11 @@ def test_a_trial_run_records_its_group_learning_rates(request):
     for name in ("optuna", "mlflow", "yaml"):  # a whole trial; GPU boxes may have torch alone
         pytest.importorskip(name)
     write_space = request.getfixturevalue("write_space")
-    from hpsearch import tracking
-    from hpsearch.objective import TrialContext, run_trial
-    from hpsearch.registry import build_pruner, build_sampler
-    from hpsearch.spec import load_spec
-    from hpsearch.study import create_or_resume
+    from hpsearch.orchestration.objective import TrialContext, run_trial
+    from hpsearch.search.registry import build_pruner, build_sampler
+    from hpsearch.spec.study_spec import load_spec
+    from hpsearch.storage.study import create_or_resume
+    from hpsearch.tracking import tracker as tracking
 
     data = {"name": "fake", "samples": 40, "num_classes": 4, "image_size": 16}
     spec = load_spec(write_space({"task": {"data": data}, "train": {"epochs": 1, "backbone_lr_scale": 0.5}}))

@@ -1,4 +1,4 @@
-"""hpsearch.data: readers of the on-disk formats, splits, caching, and the device-side batch pipeline."""
+"""hpsearch.engine.data: readers of the on-disk formats, splits, caching, and the device-side batch pipeline."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpsearch import data as data_module
-from hpsearch.data import PAD, DataConfig, DatasetNotFound, TensorSplit, crop_flip, load_data
+from hpsearch.engine import data as data_module
+from hpsearch.engine.data import PAD, DataConfig, DatasetNotFound, TensorSplit, crop_flip, load_data
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean/std that leave x = uint8 / 255
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

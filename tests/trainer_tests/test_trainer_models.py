@@ -1,4 +1,4 @@
-"""hpsearch.models: heads, dropout, weights (torchvision's and state_dict files), freezing."""
+"""hpsearch.engine.models: heads, dropout, weights (torchvision's and state_dict files), freezing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from hpsearch.data import DataConfig, load_data
-from hpsearch.models import (
+from hpsearch.core.hparams import HParams
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DropoutLinear,
@@ -23,8 +24,7 @@ from hpsearch.models import (
     resolve_weights,
     set_train_mode,
 )
-from hpsearch.params import HParams
-from hpsearch.train import Trainer, seed_everything
+from hpsearch.engine.train import Trainer, seed_everything
 
 
 @pytest.mark.parametrize("name, head", [

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from hpsearch.data import DataConfig, DatasetNotFound, UnsafeDataFile, load_data
+from hpsearch.engine.data import DataConfig, DatasetNotFound, UnsafeDataFile, load_data
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 

@@ -1,4 +1,5 @@
-"""hpsearch.train: optimizers and schedules by name, the epoch loop, early stopping, best weights, CUDA graphs."""
+"""hpsearch.engine.train: optimizers and schedules by name, the epoch loop, early stopping, best weights, CUDA graphs.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from hpsearch import data as data_module
-from hpsearch import train as train_module
-from hpsearch.data import DataConfig, load_data
-from hpsearch.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from hpsearch.params import OPTIMIZERS, SCHEDULERS, HParams
-from hpsearch.train import (
+from hpsearch.core.hparams import OPTIMIZERS, SCHEDULERS, HParams
+from hpsearch.engine import data as data_module
+from hpsearch.engine import train as train_module
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from hpsearch.engine.train import (
     EpochStats,
     NonFiniteLoss,
     Trainer,

@@ -1,0 +1,198 @@
+"""`hpsearch run`: create or resume the study, repair what a dead run left, run the budget, close up."""
+
+from __future__ import annotations
+
+import time
+
+import click
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.cli.live import LiveView
+from hpsearch.core.credentials import mask_url, masked_spec, redact
+from hpsearch.core.errors import RunFailure
+from hpsearch.core.outages import GaveUp, first_line
+from hpsearch.orchestration.devices import plan_slots
+from hpsearch.orchestration.workers import Orchestrator, RunSummary, reap_and_close
+from hpsearch.search import records
+from hpsearch.search.registry import build_pruner, study_sampler
+from hpsearch.spec.study_spec import Spec
+from hpsearch.storage import study as study_mod
+from hpsearch.tracking import tracker as tracking
+
+
+def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
+    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
+    storage_url = spec.study.storage
+    # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
+    # the values are sampled in the workers, each with its own sampler.
+    sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
+    # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
+    # (the real URLs are passed on separately, and come back from the options or the environment).
+    study, resumed = study_mod.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
+                                                storage_url)
+    study.set_user_attr(records.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
+
+    # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
+    # fail what is still open, then retry each with the same parameters (study.RETRIES_ALLOWED). Under the budget lock,
+    # so that two runs starting together never enqueue the same retry twice.
+    with study_mod.budget_lock(storage_url, spec.study.name):
+        reaped = reap_and_close(study, spec.tracking.uri)
+        retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
+
+    counts = study_mod.count_states(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    n = spec.study.n_trials
+    # Never more worker processes than trials left (each imports torch and holds its own data and model).
+    slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device, trials_left=n - finished)
+    where = study_mod.storage_label(storage_url)
+    if resumed:
+        click.echo(
+            f"resuming study {spec.study.name!r} ({where}): {finished}/{n} finished, "
+            f"{counts[TrialState.FAIL]} failed" + (f"; reaped {len(reaped)} orphaned trial(s)" if reaped else "")
+            + (f"; retrying trial(s) {', '.join(map(str, retried))}" if retried else "")
+        )
+    else:
+        click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
+
+    try:  # waits through an outage of the tracking store, saying so, up to HPSEARCH_OUTAGE_SECONDS
+        study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+        with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
+            parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
+    except GaveUp as exc:
+        raise RunFailure(f"MLflow tracking store {mask_url(spec.tracking.uri)}: {exc}") from exc
+    study_mod.remember_last_run(
+        study_mod.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
+    )
+
+    live = LiveView(spec.study.metric, spec.study.direction, n)
+    if interactive is not None:
+        live.interactive = interactive
+    best_value = best_trial = None
+    if counts[TrialState.COMPLETE] and not spec.study.multi:
+        best_value, best_trial = study.best_trial.value, study.best_trial.number
+    if finished < n:
+        click.echo(
+            f"running {n - finished} more trial(s) on {len(slots)} slot(s): "
+            + ", ".join(sorted({s.label for s in slots}))
+            + f"; MLflow: {mask_url(spec.tracking.uri)} (experiment {spec.tracking.experiment!r})"
+        )
+    live.start({s.name: c for s, c in counts.items()}, best_value, best_trial)
+    orchestrator = Orchestrator(
+        spec, study, slots, storage_url, spec.tracking.uri, study_tracker.experiment_id, parent_run_id, live
+    )
+    undelivered: list[str] = []
+    try:
+        summary = orchestrator.run(spec.study.timeout)
+    finally:  # also on an error or Ctrl-C: whatever it raised goes on after this
+        live.close()
+        undelivered = orchestrator.undelivered + _close_tracking(spec, study, study_tracker, parent_run_id)
+        if undelivered:
+            _report_undelivered(study, undelivered)
+
+    if not summary.interrupted and not undelivered:  # a stopped run, or a store away, is not held up by it
+        _publish_report(spec, study, study_tracker, parent_run_id)
+    tail = ""
+    if summary.best_trial is not None:
+        tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
+    elif summary.pareto_front:
+        tail = f"; Pareto front: trial(s) {', '.join(map(str, summary.pareto_front))} (`hpsearch best` shows it)"
+    click.echo(
+        f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
+        f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
+        + ("; stopped by --timeout" if summary.timed_out else "")
+    )
+    if summary.checkpoints_lost:
+        click.echo(checkpoints_lost_line(summary.checkpoints_lost))
+    if undelivered:
+        raise RunFailure(f"{len(undelivered)} MLflow write(s) never reached {mask_url(spec.tracking.uri)} "
+                         "(listed above); every trial is in the study, `hpsearch best` says which checkpoint "
+                         "is kept where")
+    return summary
+
+
+def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> list[str]:
+    """Close what the run leaves open in MLflow and deliver this process's queued writes.
+
+    Waits HPSEARCH_DRAIN_SECONDS at most in all, counting down; returns what was not delivered.
+    """
+    deadline = time.monotonic() + tracking.drain_seconds()
+    lost = []
+    # A worker killed while closing a finished trial's run leaves it RUNNING: close it now.
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    try:
+        tracking.through_outage(lambda: tracking.close_stale_runs(spec.tracking.uri, tracker.experiment_id, states),
+                                "the close of trial runs left open", wait_for=tracking.drain_seconds())
+    except Exception as exc:
+        lost.append(f"the close of trial runs left open, if any ({tracking.short_reason(exc)})")
+    best: dict[str, float | None] = {}
+    if spec.study.multi:
+        best = {"pareto_front_size": len(study_mod.pareto_front(study))}
+    elif study_mod.count_states(study)[TrialState.COMPLETE]:
+        best = {f"best_{spec.study.metric}": study.best_trial.value}
+    tracker.close_parent(parent_run_id, best)
+    left = tracking.drain(
+        max(0.0, deadline - time.monotonic()),
+        on_tick=lambda count, seconds: click.echo(
+            f"waiting for {count} MLflow write(s) to reach the tracking store; giving up in {seconds:.0f}s", err=True),
+    )
+    return lost + [item.describe() for item in left]
+
+
+def _publish_report(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> None:
+    """Write the study's report and tell its parent run; a failure is one warning line, never the run's."""
+    from hpsearch.reporting.html_report import default_report_dir
+    from hpsearch.reporting.parent_run import ParentRun, publish
+
+    try:
+        parent = ParentRun(tracker.client, tracker.experiment_id, parent_run_id)
+        report, problem = publish(study, spec.tracking.uri, default_report_dir(spec.study.name), parent)
+        click.echo(f"report: {report.page}")
+    except Exception as exc:
+        problem = f"the study report was not written: {type(exc).__name__}: {first_line(exc)}"
+    if problem:
+        click.echo(f"WARNING: {redact(problem)}", err=True)
+
+
+def _report_undelivered(study: optuna.Study, undelivered: list[str]) -> None:
+    """Name every write that never reached MLflow, on screen and in the study (read by `best`)."""
+    click.echo(f"ERROR: {len(undelivered)} MLflow write(s) not delivered:", err=True)
+    for item in undelivered:
+        click.echo(f"  - {redact(item)}", err=True)
+    try:
+        study.set_user_attr(records.STUDY_UNDELIVERED, [redact(item) for item in undelivered])
+    except Exception as exc:  # the list is on screen; the study's database may be away too
+        click.echo(f"  (not recorded in the study either: {first_line(exc)})", err=True)
+
+
+def checkpoints_lost_line(trials: list[int]) -> str:
+    """The run summary's warning for checkpoints that could not be stored."""
+    return (
+        f"WARNING: {len(trials)} checkpoint(s) not stored (trial(s) {', '.join(map(str, trials))}); "
+        f"each run's MLflow tag {records.TAG_CHECKPOINT_ERROR} says why, and a copy is kept under "
+        f"{tracking.UNDELIVERED_DIR}/<run id>/ (`hpsearch best` uses it)"
+    )
+
+
+def _parent_params(spec: Spec) -> dict[str, object]:
+    from hpsearch.spec.teacher_spec import teacher_params
+
+    # The teacher's identity; an export that does not exist (yet) is refused here, before any trial.
+    teacher = {} if spec.task.teacher is None else teacher_params(spec.task.teacher)
+    return {
+        "model": spec.task.model.name,
+        "weights": spec.task.model.weights,
+        "dataset": spec.task.data.name,
+        "val_fraction": spec.task.data.val_fraction,
+        # "official": the dataset's own test split (CIFAR, an image folder's val/ or test/)
+        "test_fraction": "official" if spec.task.data.held_out_test is None else spec.task.data.held_out_test,
+        "metric": spec.study.metric,
+        "direction": spec.study.direction,
+        **({"objectives": ",".join(f"{o.metric}:{o.direction}" for o in spec.study.objectives)}
+           if spec.study.multi else {}),
+        "n_trials": spec.study.n_trials,
+        "sampler": spec.study.sampler.name,
+        "pruner": spec.study.pruner.name,
+        "search_space": ",".join(spec.search_space),
+        **teacher,
+    }

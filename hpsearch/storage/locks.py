@@ -1,0 +1,179 @@
+"""Inter-process locks: a lock file beside a local store, an advisory lock on PostgreSQL.
+
+Both wait by polling (a non-blocking try, then a short sleep), never in a blocking call: Ctrl-C
+raises KeyboardInterrupt while waiting, `should_stop()` (a process whose SIGINT handler only sets a
+flag) aborts the wait with LockWaitAborted, and after `timeout` seconds LockTimeout names the lock.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hpsearch.core.credentials import mask_url
+from hpsearch.core.errors import RunFailure
+
+# Holders keep these locks for a moment (count the trials, ask one): ten minutes of waiting means a
+# holder that hangs, not a busy study.
+LOCK_TIMEOUT_SECONDS = 600.0
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.25
+
+_ENGINES: dict[str, Any] = {}
+
+
+class LockWaitAborted(Exception):
+    """The wait for a lock was given up because `should_stop()` said so (a stop request)."""
+
+
+class LockTimeout(RunFailure):
+    """A lock was not free within its timeout."""
+
+
+def _wait(try_once: Callable[[], bool], describe: Callable[[], str], timeout: float,
+          should_stop: Callable[[], bool] | None) -> None:
+    """Call `try_once()` until it returns True, sleeping a little in between; see the module's doc."""
+    deadline = time.monotonic() + timeout
+    delay = _FIRST_POLL
+    while not try_once():
+        if should_stop is not None and should_stop():
+            raise LockWaitAborted(f"stopped while waiting for {describe()}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockTimeout(f"gave up after {timeout:g}s waiting for {describe()}: another process has held it "
+                              "all that time (a hung hpsearch run?)")
+        time.sleep(min(delay, left))
+        delay = min(_MAX_POLL, delay * 1.5)
+
+
+@contextmanager
+def file_lock(path: str | Path, timeout: float = LOCK_TIMEOUT_SECONDS,
+              should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing); released when the block ends or the process dies."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+
+        def try_once() -> bool:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait(try_once, lambda: f"the lock file {path}", timeout, should_stop)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _engine(url: str) -> Any:
+    import sqlalchemy
+
+    from hpsearch.storage.db_outages import connect_args
+
+    engine = _ENGINES.get(url)
+    if engine is None:
+        # Pre-ping: a pooled connection that died with a restarted server is replaced, not used;
+        # connect_args: an attempt on a host that drops packets ends instead of hanging the wait.
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, isolation_level="AUTOCOMMIT",
+                                                          connect_args=connect_args(url))
+    return engine
+
+
+def advisory_key(name: str) -> int:
+    return zlib.crc32(f"hpsearch:{name}".encode())
+
+
+@contextmanager
+def postgres_lock(url: str, name: str, timeout: float = LOCK_TIMEOUT_SECONDS,
+                  should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
+    """A session-level advisory lock named `name` on the PostgreSQL server behind `url`.
+
+    Waiting rides out an outage of the server. If the server restarts while the lock is held, the
+    lock ends with its session (the next holder may start at once): the unlock then has nothing to
+    release and its failure is ignored.
+    """
+    import sqlalchemy
+
+    from hpsearch.storage.db_outages import is_transient, through_db_outage
+
+    engine = _engine(url)
+    key = advisory_key(name)
+    shown = mask_url(url)
+    conn: Any = None
+
+    def attempt() -> bool:
+        nonlocal conn
+        try:
+            if conn is None:
+                conn = engine.connect()
+            return bool(conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        except Exception:
+            _discard(conn)
+            conn = None
+            raise
+
+    def try_once() -> bool:
+        try:
+            return through_db_outage(attempt, f"lock {name!r} on {shown}", should_stop)
+        except Exception as exc:
+            if should_stop is not None and is_transient(exc) and should_stop():  # stopped while the server was away
+                raise LockWaitAborted(f"stopped while waiting for the lock {name!r} on {shown}") from exc
+            raise
+
+    def describe() -> str:
+        return f"the lock {name!r} on {shown}{_holder(engine, key)}"
+
+    try:
+        _wait(try_once, describe, timeout, should_stop)
+    except BaseException:
+        _discard(conn)
+        raise
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.close()
+        except Exception:
+            # The session died (and its lock with it), or the unlock failed: the connection must not
+            # go back to the pool, where it could still hold the lock; closing it releases the lock.
+            _discard(conn)
+
+
+def _discard(conn: Any) -> None:
+    """Close `conn` for good (not back into the pool); it may be dead already."""
+    if conn is None:
+        return
+    try:
+        conn.invalidate()
+    except Exception:
+        pass
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+def _holder(engine: Any, key: int) -> str:
+    """", held by PostgreSQL backend pid N (client ADDR)", or "" when that cannot be found out."""
+    import sqlalchemy
+
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sqlalchemy.text(
+                "SELECT l.pid, a.client_addr FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid::bigint = :k"
+            ), {"k": key}).first()
+    except Exception:
+        return ""
+    if row is None:
+        return ""
+    return f", held by PostgreSQL backend pid {row[0]}" + (f" (client {row[1]})" if row[1] else "")
