@@ -253,7 +253,7 @@ def run_search(arm: str, seed: int, sp: dict[str, Any], work: Path, export: Path
     import optuna
     import yaml
 
-    from hpsearch.storage.study import open_storage
+    from hpsearch.storage.stores import open_storage
 
     folder = work / f"{arm}-s{seed}"
     folder.mkdir()

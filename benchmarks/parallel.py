@@ -55,11 +55,12 @@ def overhead(n_trials: int) -> dict:
     import optuna
     import torch
 
-    from hpsearch.search import records
+    from hpsearch.core import record_keys
+    from hpsearch.search import trial_access
     from hpsearch.search.suggest import suggest
     from hpsearch.spec.study_spec import parse_spec
-    from hpsearch.storage import study as study_mod
-    from hpsearch.tracking import tracker as tracking
+    from hpsearch.storage import ownership, stores
+    from hpsearch.tracking import background_writer, study_runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = parse_spec(
@@ -81,20 +82,21 @@ def overhead(n_trials: int) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        study = optuna.create_study(study_name="bench", storage=study_mod.open_storage("studies/journal.log"),
+        study = optuna.create_study(study_name="bench", storage=stores.open_storage("studies/journal.log"),
                                     direction="maximize")
-        tracker = tracking.StudyTracker("sqlite:///mlruns/mlflow.db", "bench")
+        tracker = study_runs.StudyTracker("sqlite:///mlruns/mlflow.db", "bench")
         parent = tracker.parent_run("bench", {})
         hpsearch_times, background_times = [], []
         for _ in range(n_trials):
             t0 = time.perf_counter()
             asked = study.ask()  # the parent's side of a trial, then the worker's, as hpsearch does them
-            for k, v in study_mod.owner_attrs().items():
+            for k, v in ownership.owner_attrs().items():
                 asked.set_user_attr(k, v)
-            trial = records.open_trial(study, records.trial_id(asked))
+            trial = trial_access.open_trial(study, trial_access.trial_id(asked))
             params = suggest(trial, spec.search_space, spec.train)
-            run = tracking.TrialRun.start(tracker.client, tracker.experiment_id, parent, "bench", trial.number, params)
-            trial.set_user_attr(records.ATTR_RUN_ID, run.run_id)
+            run = study_runs.TrialRun.start(tracker.client, tracker.experiment_id, parent, "bench", trial.number,
+                                            params)
+            trial.set_user_attr(record_keys.ATTR_RUN_ID, run.run_id)
             for epoch in range(1, EPOCHS + 1):
                 run.log_epoch(epoch, metrics)
                 trial.report(0.5 + 0.01 * epoch, epoch)
@@ -105,7 +107,7 @@ def overhead(n_trials: int) -> dict:
             # Let the writer thread finish this trial's writes before the next one is timed, as a
             # trial's training would (it takes seconds): the row above is the trial's critical path.
             t1 = time.perf_counter()
-            tracking.drain()
+            background_writer.drain()
             background_times.append(time.perf_counter() - t1)
 
         import mlflow
@@ -171,7 +173,7 @@ def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: d
                 if details:  # epochs actually trained (pruned trials stop early) and the best value
                     import optuna
 
-                    from hpsearch.storage.study import open_storage
+                    from hpsearch.storage.stores import open_storage
 
                     trials = optuna.load_study(study_name=spec.study.name,
                                                storage=open_storage(spec.study.storage)).trials

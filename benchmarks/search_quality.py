@@ -300,7 +300,7 @@ def run_hpsearch(slots: int, seed: int, trials: int, max_epochs: int, keep: Path
     import optuna
     import yaml
 
-    from hpsearch.storage.study import open_storage
+    from hpsearch.storage.stores import open_storage
 
     folder = Path(tempfile.mkdtemp(prefix=f"sq-hpsearch{slots}-s{seed}-", dir=keep))
     try:

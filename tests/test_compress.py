@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from hpsearch.cli.main import cli, main
 from hpsearch.deploy.compression import load_int8
-from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
 
 pytestmark = pytest.mark.slow
 

@@ -270,19 +270,18 @@ def mlflow_store(tmp_path_factory):
 
 @pytest.mark.parametrize("text", [c[1] for c in SPACE_SECRETS], ids=[c[0] for c in SPACE_SECRETS])
 def test_the_space_artifact_masks_every_store_password(fresh_process, mlflow_store, tmp_path, text):
-    from hpsearch.core import credentials
+    from hpsearch.core import credentials, record_keys
     from hpsearch.core.credentials import masked_spec
     from hpsearch.reporting import parent_run as study_story
-    from hpsearch.search import records
     from hpsearch.spec.study_spec import load_spec
 
     db, client = mlflow_store
     space = tmp_path / "s.yaml"
     space.write_text(text.replace("PW", PASSWORD) + TASK)
     study = optuna.create_study()
-    study.set_user_attr(records.STUDY_SPACE_FILE, str(space))
+    study.set_user_attr(record_keys.STUDY_SPACE_FILE, str(space))
     # the resolved spec as `run` records it (store URLs masked), read in another process: nothing learnt here
-    study.set_user_attr(records.STUDY_SPEC, masked_spec(load_spec(space)).to_dict())
+    study.set_user_attr(record_keys.STUDY_SPEC, masked_spec(load_spec(space)).to_dict())
     credentials._known.clear()
     experiment = client.create_experiment(uuid.uuid4().hex, artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id

@@ -12,7 +12,8 @@ from pathlib import Path
 import optuna
 
 from hpsearch.cli.ui import end_tree
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.storage.stores import open_storage
 
 from .support import free_port, wait_for
 

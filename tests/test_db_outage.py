@@ -16,9 +16,10 @@ import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 
-from hpsearch.search import records
-from hpsearch.storage import db_outages
-from hpsearch.storage import study as study_mod
+from hpsearch.core import record_keys
+from hpsearch.core.errors import RunFailure
+from hpsearch.search import trial_access
+from hpsearch.storage import db_outages, locks, ownership, stores
 from hpsearch.storage.db_outages import OutageProofStorage, is_transient
 from hpsearch.storage.locks import LockTimeout, LockWaitAborted
 
@@ -118,17 +119,17 @@ def test_telling_a_finished_trial_still_fails(flaky_study):
     trial = study.ask()
     study.tell(trial, 0.5)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # not taken for a lost reply
-        study._storage.set_trial_state_values(records.trial_id(trial), TrialState.COMPLETE, [0.5])
+        study._storage.set_trial_state_values(trial_access.trial_id(trial), TrialState.COMPLETE, [0.5])
 
 
 def test_a_heartbeat_that_cannot_be_written_does_not_raise(monkeypatch, capsys):
     study = optuna.create_study()
 
     def unreachable(*args):
-        raise study_mod.RunFailure("the database was unreachable for 900s")
+        raise RunFailure("the database was unreachable for 900s")
 
-    monkeypatch.setattr(records, "set_trial_attr", unreachable)
-    study_mod.beat(study, [0, 1])
+    monkeypatch.setattr(trial_access, "set_trial_attr", unreachable)
+    ownership.beat(study, [0, 1])
     assert "could not record the heartbeat" in capsys.readouterr().err
 
 
@@ -142,13 +143,13 @@ def _with_password(url: str) -> str:
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_the_budget_lock_wait_ends_on_a_stop_request_and_at_its_deadline(kind, request, workdir):
     url = _with_password(request.getfixturevalue("postgres_url")) if kind == "postgresql" else "studies/journal.log"
-    with study_mod.budget_lock(url, "tiny"):
+    with locks.budget_lock(url, "tiny"):
         started = time.monotonic()
         with pytest.raises(LockWaitAborted):
-            with study_mod.budget_lock(url, "tiny", should_stop=lambda: True):
+            with locks.budget_lock(url, "tiny", should_stop=lambda: True):
                 pytest.fail("the lock is held")
         with pytest.raises(LockTimeout) as timeout:
-            with study_mod.budget_lock(url, "tiny", timeout=0.5):
+            with locks.budget_lock(url, "tiny", timeout=0.5):
                 pytest.fail("the lock is held")
         assert time.monotonic() - started < 5
         message = str(timeout.value)
@@ -158,15 +159,15 @@ def test_the_budget_lock_wait_ends_on_a_stop_request_and_at_its_deadline(kind, r
             assert "held by PostgreSQL backend pid" in message
         else:
             assert "journal.tiny.lock" in message
-        with study_mod.budget_lock(url, "other", timeout=1):  # other studies are not held up
+        with locks.budget_lock(url, "other", timeout=1):  # other studies are not held up
             pass
-    with study_mod.budget_lock(url, "tiny", timeout=1):  # released
+    with locks.budget_lock(url, "tiny", timeout=1):  # released
         pass
 
 
 WAIT_FOR_THE_LOCK = """
 import sys
-from hpsearch.storage.study import budget_lock
+from hpsearch.storage.locks import budget_lock
 
 def in_the_wait():
     if not in_the_wait.said:
@@ -183,7 +184,7 @@ with budget_lock(sys.argv[1], "tiny", should_stop=in_the_wait):
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_ctrl_c_ends_the_wait_for_the_budget_lock(kind, request, workdir):
     url = request.getfixturevalue("postgres_url") if kind == "postgresql" else str(workdir / "studies/journal.log")
-    with study_mod.budget_lock(url, "tiny"):
+    with locks.budget_lock(url, "tiny"):
         proc = subprocess.Popen([sys.executable, "-c", WAIT_FOR_THE_LOCK, url], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=REPO)
         try:
@@ -231,15 +232,15 @@ def private_postgres():
 def test_the_postgres_lock_rides_out_a_restart(private_postgres, monkeypatch, capsys):
     cluster = private_postgres
     monkeypatch.setenv("HPSEARCH_OUTAGE_SECONDS", "60")
-    with study_mod.budget_lock(cluster.url, "tiny"):
+    with locks.budget_lock(cluster.url, "tiny"):
         cluster.stop("fast")  # the lock ends with its session: the unlock finds nothing, and must not raise
     with pytest.raises(LockWaitAborted):  # a stop request ends the wait for the server too
-        with study_mod.budget_lock(cluster.url, "tiny", should_stop=lambda: True):
+        with locks.budget_lock(cluster.url, "tiny", should_stop=lambda: True):
             pytest.fail("the server is down")
     restart = threading.Timer(1.5, cluster.start)
     restart.start()
     try:
-        with study_mod.budget_lock(cluster.url, "tiny", timeout=30):  # waits for the server, then takes the lock
+        with locks.budget_lock(cluster.url, "tiny", timeout=30):  # waits for the server, then takes the lock
             pass
     finally:
         restart.join()
@@ -283,12 +284,12 @@ def test_a_study_survives_a_database_restart_mid_study(workdir, private_postgres
     assert 1 <= len(said) <= 3, output  # said, but once per process (the parent, two workers), not per retry
     assert "the database is back" in output, output
 
-    study = optuna.load_study(study_name="tiny", storage=study_mod.open_storage(cluster.url))
+    study = optuna.load_study(study_name="tiny", storage=stores.open_storage(cluster.url))
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == N_TRIALS, (states, output)
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states, (states, output)
     outage_words = ("database", "connection", "server", "OperationalError", "StorageInternalError", "unreachable")
     for t in study.trials:
         if t.state == TrialState.FAIL:
-            reason = t.user_attrs.get(records.ATTR_FAIL_REASON, "")
+            reason = t.user_attrs.get(record_keys.ATTR_FAIL_REASON, "")
             assert not any(word in reason for word in outage_words), (t.number, reason, output)

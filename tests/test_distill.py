@@ -17,7 +17,7 @@ from hpsearch.cli.main import cli, main
 from hpsearch.engine.models import build_model
 from hpsearch.results.export import _write_files, default_export_dir
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
 
 from .support import REPO
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from hpsearch.cli.main import cli, main
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.storage.stores import open_storage
+from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
 
 from .support import TINY_SPACE, merge, run_cli
 

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from hpsearch.cli.main import main
+from hpsearch.core import record_keys
 from hpsearch.results.export import export_best
-from hpsearch.search import records
 from hpsearch.spec.study_spec import parse_spec
-from hpsearch.storage.study import open_storage
-from hpsearch.tracking import tracker as tracking
+from hpsearch.storage.stores import open_storage
+from hpsearch.tracking import checkpoints
 
 from .support import TINY_SPACE, merge
 
@@ -28,8 +28,8 @@ def make_study(workdir, value: float = 0.5, params: dict | None = None) -> tuple
     data = merge(TINY_SPACE, {"tracking": {"uri": f"http://alice:{PASSWORD}@mlflow.example:5000"},
                               "study": {"storage": f"postgresql://alice:{PASSWORD}@db/hps"}})
     # A study recorded before masking existed: the export must mask what it finds there too.
-    study.set_user_attr(records.STUDY_SPEC, parse_spec(data, None).to_dict())
-    study.set_user_attr(records.STUDY_METRIC, "val_accuracy")
+    study.set_user_attr(record_keys.STUDY_SPEC, parse_spec(data, None).to_dict())
+    study.set_user_attr(record_keys.STUDY_METRIC, "val_accuracy")
     dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
             "dropout": optuna.distributions.FloatDistribution(0.0, 0.5)}
     study.add_trial(optuna.trial.create_trial(params=params or {"lr": 0.01, "dropout": 0.1}, distributions=dist,
@@ -101,7 +101,7 @@ def test_an_export_that_fails_half_way_leaves_nothing(capsys, workdir, monkeypat
     def unreachable(*args, **kwargs):
         raise OSError("the tracking server went away")
 
-    monkeypatch.setattr(tracking, "download_checkpoint", unreachable)
+    monkeypatch.setattr(checkpoints, "download_checkpoint", unreachable)
     record = {"study_name": "tiny", "trial_number": 0, "metric": "val_accuracy", "value": 0.5,
               "params": {"lr": 0.01, "dropout": 0.1}, "mlflow_run_id": "abc", "checkpoint": "x/model.pt"}
     out = workdir / "best"

@@ -8,7 +8,9 @@ import optuna
 import pytest
 
 from hpsearch.core.errors import RunFailure
-from hpsearch.storage.study import DEFAULT_STORAGE, TORN_SUFFIX, open_storage
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.storage.journal import TORN_SUFFIX
+from hpsearch.storage.stores import open_storage
 
 from .support import run_cli
 

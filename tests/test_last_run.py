@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 
-from hpsearch.storage import study as study_mod
-from hpsearch.storage.study import LAST_RUN_FILE, LastRun
+from hpsearch.core.locations import LAST_RUN_FILE
+from hpsearch.storage import last_run
+from hpsearch.storage.last_run import LastRun
 
 WRITERS = 4
 WRITES = 150
@@ -16,7 +17,7 @@ def _hammer(index: int) -> None:
     # A long field makes each write take several syscalls, so a shared temporary name would tear.
     last = LastRun(f"study-{index}", None, "sqlite:///mlruns/mlflow.db", f"space-{index}-" + "x" * 200_000)
     for _ in range(WRITES):
-        study_mod.remember_last_run(last)
+        last_run.remember_last_run(last)
 
 
 def test_runs_finishing_together_never_leave_a_torn_state_file(workdir):
@@ -37,7 +38,7 @@ def test_runs_finishing_together_never_leave_a_torn_state_file(workdir):
         w.join()
     assert [w.exitcode for w in writers] == [0] * WRITERS
     assert reads > 0
-    last = study_mod.last_run()
+    last = last_run.last_run()
     assert last is not None and last.study_name.startswith("study-")
     # Nothing left behind but the state file itself (each write's temporary name is renamed away).
     assert sorted(p.name for p in LAST_RUN_FILE.parent.iterdir()) == [LAST_RUN_FILE.name]

@@ -20,7 +20,7 @@ from hpsearch.cli.main import main
 from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.orchestration.builders import build_model_for, hparams_for
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking import checkpoints
 
 from .support import run_cli
 
@@ -82,7 +82,7 @@ def test_register_makes_versions_that_predict_without_hpsearch(finished_study, t
     uri = f"sqlite:///{finished_study}/mlruns/mlflow.db"
     spec = load_spec(finished_study / "finished.yaml")
     model = build_model_for(spec, hparams_for(spec, record["params"]), DIGITS_CLASSES, weights="none")
-    model.load_state_dict(torch.load(tracking.download_checkpoint(uri, record["mlflow_run_id"], str(tmp_path)),
+    model.load_state_dict(torch.load(checkpoints.download_checkpoint(uri, record["mlflow_run_id"], str(tmp_path)),
                                      weights_only=True))
     x = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -73,8 +73,8 @@ def _import_without(blocked: tuple[str, ...], modules: tuple[str, ...]) -> subpr
      ("hpsearch.engine.data", "hpsearch.engine.models", "hpsearch.engine.train", "hpsearch.core.data_config",
       "hpsearch.core.hparams")),
     # The spec imports without torch or Optuna (Optuna is loaded to check and build a sampler, not to import).
-    ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec.study_spec", "hpsearch.core.data_config", "hpsearch.search.registry",
-                                  "hpsearch.spec.model_catalog")),
+    ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec.study_spec", "hpsearch.core.data_config",
+                                  "hpsearch.spec.search_components", "hpsearch.spec.model_catalog")),
 ], ids=["trainer-torch-only", "spec-torch-free"])
 def test_layers_import_only_what_they_need(blocked, modules):
     result = _import_without(blocked, modules)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from hpsearch.cli.main import cli, main
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
 
 from .support import REPO
 

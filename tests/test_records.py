@@ -1,4 +1,4 @@
-"""records.py: what a failed trial and a closed run record, the typed worker events, and the one
+"""What a failed trial and a closed run record, the typed worker events, and the one
 place that reaches into Optuna's private API."""
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from mlflow.exceptions import MlflowException, RestException
 from optuna.trial import TrialState
 
 from hpsearch.cli.live import LiveView
+from hpsearch.core import record_keys
+from hpsearch.core.record_keys import FailureKind
 from hpsearch.orchestration.devices import plan_slots
-from hpsearch.orchestration.runner import checkpoints_lost_line
-from hpsearch.orchestration.workers import Orchestrator, WorkerHandle
-from hpsearch.search import records
-from hpsearch.search.records import (
+from hpsearch.orchestration.events import (
     CheckpointFailed,
     EpochEnded,
-    FailureKind,
     StoreNotice,
     TrialEnded,
     TrialStarted,
@@ -33,9 +31,12 @@ from hpsearch.search.records import (
     WritesLost,
     WritesPending,
 )
-from hpsearch.storage import study as study_mod
-from hpsearch.tracking import tracker as tracking
-from hpsearch.tracking.tracker import StudyTracker, TrialRun, close_killed_run
+from hpsearch.orchestration.orchestrator import Orchestrator, WorkerHandle
+from hpsearch.orchestration.runner import checkpoints_lost_line
+from hpsearch.search import trial_access
+from hpsearch.storage import retries
+from hpsearch.tracking import background_writer, mlflow_client, study_runs
+from hpsearch.tracking.study_runs import StudyTracker, TrialRun, close_killed_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 
@@ -50,7 +51,7 @@ def _study() -> optuna.Study:
 def test_a_failed_trial_keeps_its_reason_and_failure_kind_under_the_names_users_read():
     study = _study()
     trial = study.ask()
-    records.fail_trial(study, trial, "out of memory: resnet18 at batch_size=512\n(traceback)", FailureKind.OOM)
+    trial_access.fail_trial(study, trial, "out of memory: resnet18 at batch_size=512\n(traceback)", FailureKind.OOM)
     frozen = study.trials[0]
     assert frozen.state == TrialState.FAIL
     # The keys and values `status`, `best`, later runs and Optuna's own tools read: stable data, not names.
@@ -63,7 +64,7 @@ def test_failing_a_trial_that_finished_meanwhile_changes_nothing():
     study = _study()
     trial = study.ask()
     study.tell(trial, 0.5)
-    records.fail_trial(study, study.trials[0], "worker process died", FailureKind.KILLED)
+    trial_access.fail_trial(study, study.trials[0], "worker process died", FailureKind.KILLED)
     frozen = study.trials[0]
     assert (frozen.state, frozen.value, frozen.user_attrs) == (TrialState.COMPLETE, 0.5, {})
 
@@ -74,8 +75,8 @@ def test_failing_a_trial_that_finished_meanwhile_changes_nothing():
 ])
 def test_only_failures_from_outside_the_trial_are_retried(failure, retried):
     study = _study()
-    records.fail_trial(study, study.ask(), "why", failure)
-    assert [t.number for t in study_mod.retry_candidates(study)] == ([0] if retried else [])
+    trial_access.fail_trial(study, study.ask(), "why", failure)
+    assert [t.number for t in retries.retry_candidates(study)] == ([0] if retried else [])
 
 
 # ------------------------------------------------------------------ closing a run
@@ -92,11 +93,11 @@ def _trial_run(tracker) -> TrialRun:
 
 def test_close_run_tags_the_state_and_a_bounded_reason(tracker):
     run = _trial_run(tracker)
-    records.close_run(tracker.client, run.run_id, "KILLED", state="FAIL", reason="x" * 5000)
+    study_runs.close_run(tracker.client, run.run_id, "KILLED", state="FAIL", reason="x" * 5000)
     closed = tracker.client.get_run(run.run_id)
     assert closed.info.status == "KILLED"
     assert closed.data.tags["hpsearch.state"] == "FAIL"
-    assert closed.data.tags["hpsearch.fail_reason"] == "x" * records.MAX_TAG_CHARS
+    assert closed.data.tags["hpsearch.fail_reason"] == "x" * record_keys.MAX_TAG_CHARS
 
 
 def test_every_way_a_run_ends_closes_it_once_with_its_state(tracker):
@@ -105,10 +106,10 @@ def test_every_way_a_run_ends_closes_it_once_with_its_state(tracker):
     failed.finish("FAIL", "RuntimeError: boom")
     close_killed_run("sqlite:///mlruns/mlflow.db", killed.run_id, "its worker process was gone")
     close_killed_run("sqlite:///mlruns/mlflow.db", finished.run_id, "late")  # already closed: left alone
-    tracking.drain()  # the parent closes runs on its writer thread
+    background_writer.drain()  # the parent closes runs on its writer thread
     parent = tracker.parent_run("records", {})
     tracker.close_parent(parent, {"best_val_accuracy": 0.9})
-    assert tracking.drain() == []
+    assert background_writer.drain() == []
 
     def ended(run_id):
         run = tracker.client.get_run(run_id)
@@ -128,20 +129,20 @@ def test_a_checkpoint_that_cannot_be_stored_is_tagged_and_reported(tracker, monk
     monkeypatch.setattr(TrialRun, "log_checkpoint", refuse)
     run, reported = _trial_run(tracker), []
     run.finish("COMPLETE", checkpoint={"w": 1}, wait=False, on_checkpoint_error=reported.append)
-    tracking.drain()  # it happens on the writer thread
+    background_writer.drain()  # it happens on the writer thread
     assert reported == ["No space left on device"]
     closed = tracker.client.get_run(run.run_id)
     assert closed.info.status == "FINISHED" and closed.data.tags["hpsearch.state"] == "COMPLETE"
-    assert closed.data.tags[records.TAG_CHECKPOINT_ERROR] == "No space left on device"
+    assert closed.data.tags[record_keys.TAG_CHECKPOINT_ERROR] == "No space left on device"
     # Nothing lost: the weights are kept on local disk, where `best` finds them.
     import torch
 
-    kept = tracking.undelivered_checkpoint(run.run_id)
+    kept = background_writer.undelivered_checkpoint(run.run_id)
     assert torch.load(kept, weights_only=True) == {"w": 1}
 
     stored, reported = _trial_run(tracker), []
     stored.finish("COMPLETE", checkpoint=None, on_checkpoint_error=reported.append)
-    assert reported == [] and records.TAG_CHECKPOINT_ERROR not in tracker.client.get_run(stored.run_id).data.tags
+    assert reported == [] and record_keys.TAG_CHECKPOINT_ERROR not in tracker.client.get_run(stored.run_id).data.tags
 
 
 # ------------------------------------------------------------------ worker → parent events
@@ -177,7 +178,7 @@ def _orchestrator(capsys) -> tuple[Orchestrator, WorkerHandle]:
     live = LiveView("val_accuracy", "maximize", 4, interactive=False)
     orchestrator = Orchestrator(None, study, [slot], None, "", "0", "", live)
     trial = study.ask()
-    handle = WorkerHandle(slot, _Process(), None, trial_id=records.trial_id(trial), trial_number=trial.number)
+    handle = WorkerHandle(slot, _Process(), None, trial_id=trial_access.trial_id(trial), trial_number=trial.number)
     orchestrator.workers[slot.index] = handle
     capsys.readouterr()
     return orchestrator, handle
@@ -247,11 +248,11 @@ def test_trials_failing_in_a_row_stop_the_run_with_the_last_reason(capsys):
 
 
 def test_only_records_reaches_into_optunas_private_api():
-    """The optuna<6 pin has one place to check: every private call is wrapped in records.py."""
+    """The optuna<6 pin has one place to check: every private call is wrapped in search/trial_access.py."""
     private = re.compile(r"\._storage\b|\._trial_id\b|\boptuna\.trial\.Trial\(|\._study_id\b|\._cached")
     offenders = [
-        f"{path.name}:{number}: {line.strip()}"
-        for path in sorted(PACKAGE.glob("*.py")) if path.name != "records.py"
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py")) if path.name != "trial_access.py"
         for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)
     ]
     assert offenders == []
@@ -274,6 +275,6 @@ def test_only_records_reaches_into_optunas_private_api():
 ])
 def test_only_an_unreachable_store_is_waited_for(error, waits, said):
     """An outage is waited out; a refusal (bad input, a missing run) fails at once, as it always did."""
-    assert tracking.unreachable(error) is waits
+    assert mlflow_client.unreachable(error) is waits
     if said:
-        assert tracking.short_reason(error) == said
+        assert mlflow_client.short_reason(error) == said

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.storage.study import open_storage
+from hpsearch.storage.stores import open_storage
 
 pytestmark = pytest.mark.slow
 

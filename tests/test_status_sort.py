@@ -12,8 +12,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpsearch.cli.main import main
-from hpsearch.search import records
-from hpsearch.storage.study import open_storage
+from hpsearch.core import record_keys
+from hpsearch.storage.stores import open_storage
 
 STATE = optuna.trial.TrialState
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "optimizer": CategoricalDistribution(["sgd", "adamw"]),
@@ -117,12 +117,12 @@ def test_rows_keep_their_values_through_the_data_frame(capsys, workdir):
     ordered = {"optimizer": CategoricalDistribution(["sgd", "adamw"]), "epochs": IntDistribution(1, 9),
                "batch_size": CategoricalDistribution([16, 32])}
     first = study.ask(ordered)
-    first.set_user_attr(records.ATTR_RUN_ID, "abc123")
+    first.set_user_attr(record_keys.ATTR_RUN_ID, "abc123")
     study.tell(first, float("inf"))  # a non-finite value is null
     second = study.ask({"lr": FloatDistribution(0.1, 1.0)})
     second.report(0.25, 1)
     second.report(float("nan"), 2)  # its last report is NaN: null, and still two epochs run
-    second.set_user_attr(records.ATTR_FAIL_REASON, "RuntimeError: boom\nwhere")
+    second.set_user_attr(record_keys.ATTR_FAIL_REASON, "RuntimeError: boom\nwhere")
     study.tell(second, state=STATE.FAIL)
     code, out, err = status(capsys, storage, "--format", "json")
     assert code == 0, err

@@ -9,9 +9,9 @@ import pytest
 
 from hpsearch.cli.live import LiveView
 from hpsearch.cli.main import main
+from hpsearch.core import record_keys
 from hpsearch.orchestration.devices import Slot
-from hpsearch.search import records
-from hpsearch.storage.study import open_storage
+from hpsearch.storage.stores import open_storage
 
 REASON = "RuntimeError: boom [/x] then [bold]loud and [/] [link=file:///etc]x[/link]"
 
@@ -20,7 +20,7 @@ def test_status_prints_a_fail_reason_with_markup(capsys, workdir):
     storage = str(workdir / "studies" / "journal.log")
     study = optuna.create_study(study_name="tiny", storage=open_storage(storage), direction="maximize")
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)})
-    trial.set_user_attr(records.ATTR_FAIL_REASON, REASON)
+    trial.set_user_attr(record_keys.ATTR_FAIL_REASON, REASON)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     with pytest.raises(SystemExit) as exc:
         main(["status", "--study", "tiny", "--storage", storage])

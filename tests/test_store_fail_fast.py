@@ -24,7 +24,7 @@ import yaml
 from hpsearch.core.outages import CONNECT_ENV
 from hpsearch.storage import store_probe
 from hpsearch.storage.db_outages import DatabaseRefused, OutageProofStorage, connect_args, is_transient
-from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking import mlflow_client
 
 from .conftest import PG_ADMIN, MlflowServers
 from .pg_cluster import PrivateCluster, missing_reason
@@ -293,7 +293,7 @@ def _operational(message: str) -> Exception:
 ])
 def test_only_a_refusal_waiting_cannot_change_is_not_waited_out(message, transient):
     assert is_transient(_operational(message)) is transient
-    assert tracking.unreachable(_operational(message)) is transient  # a database-backed tracking store, the same
+    assert mlflow_client.unreachable(_operational(message)) is transient  # a database-backed tracking store, the same
 
 
 def test_a_database_dropped_mid_study_fails_at_once_not_after_the_patience(postgres_url, monkeypatch):

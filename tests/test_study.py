@@ -10,7 +10,8 @@ import sys
 
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.storage import study as study_mod
+from hpsearch.core import record_keys
+from hpsearch.storage import ownership
 
 
 def running(attrs: dict, started_seconds_ago: float = 5.0):
@@ -20,31 +21,31 @@ def running(attrs: dict, started_seconds_ago: float = 5.0):
 
 
 def test_a_live_local_owner_keeps_its_trial():
-    assert study_mod.owner_is_alive(running(study_mod.owner_attrs()))
+    assert ownership.owner_is_alive(running(ownership.owner_attrs()))
 
 
 def test_a_dead_local_owner_loses_it():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    attrs = {study_mod.ATTR_HOST: socket.gethostname(), study_mod.ATTR_OWNER_PID: proc.pid,
-             study_mod.ATTR_OWNER_START: 0.0}
-    assert not study_mod.owner_is_alive(running(attrs))
+    attrs = {record_keys.ATTR_HOST: socket.gethostname(), record_keys.ATTR_OWNER_PID: proc.pid,
+             record_keys.ATTR_OWNER_START: 0.0}
+    assert not ownership.owner_is_alive(running(attrs))
 
 
 def test_a_recycled_pid_is_not_the_owner():
-    attrs = study_mod.owner_attrs() | {study_mod.ATTR_OWNER_START: study_mod.process_start_time(os.getpid()) - 100}
-    assert not study_mod.owner_is_alive(running(attrs))
+    attrs = ownership.owner_attrs() | {record_keys.ATTR_OWNER_START: ownership.process_start_time(os.getpid()) - 100}
+    assert not ownership.owner_is_alive(running(attrs))
 
 
 def test_another_machine_is_alive_while_it_beats():
     now = 1_000_000.0
-    attrs = {study_mod.ATTR_HOST: "elsewhere", study_mod.ATTR_OWNER_PID: 1}
-    fresh = running(attrs | {study_mod.ATTR_HEARTBEAT: now - 30})
-    stale = running(attrs | {study_mod.ATTR_HEARTBEAT: now - study_mod.STALE_AFTER_SECONDS - 1})
-    assert study_mod.owner_is_alive(fresh, now=now)
-    assert not study_mod.owner_is_alive(stale, now=now)
+    attrs = {record_keys.ATTR_HOST: "elsewhere", record_keys.ATTR_OWNER_PID: 1}
+    fresh = running(attrs | {record_keys.ATTR_HEARTBEAT: now - 30})
+    stale = running(attrs | {record_keys.ATTR_HEARTBEAT: now - ownership.STALE_AFTER_SECONDS - 1})
+    assert ownership.owner_is_alive(fresh, now=now)
+    assert not ownership.owner_is_alive(stale, now=now)
 
 
 def test_a_trial_just_asked_has_a_grace_period_before_its_owner_is_recorded():
-    assert study_mod.owner_is_alive(running({}, started_seconds_ago=2))
-    assert not study_mod.owner_is_alive(running({}, started_seconds_ago=120))
+    assert ownership.owner_is_alive(running({}, started_seconds_ago=2))
+    assert not ownership.owner_is_alive(running({}, started_seconds_ago=120))

@@ -12,8 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.cli.main import main
-from hpsearch.search import records
-from hpsearch.storage.study import DEFAULT_STORAGE, LAST_RUN_FILE, open_storage
+from hpsearch.core import record_keys
+from hpsearch.core.locations import DEFAULT_STORAGE, LAST_RUN_FILE
+from hpsearch.storage.stores import open_storage
 
 ESC = "\x1b]0;pwned\x07\x1b[2J"  # sets the window title, clears the screen
 ESCAPED = r"\x1b]0;pwned\x07\x1b[2J"
@@ -110,10 +111,10 @@ STATUS, CSV, BEST = ("status",), ("status", "--format", "csv"), ("best",)
 HOSTILE_DATA = [
     pytest.param({"params": {"opt" + ESC: "adam"}}, (STATUS, CSV, BEST), id="param-name"),
     pytest.param({"params": {"opt": "adam" + ESC}}, (STATUS, CSV, BEST), id="param-value"),
-    pytest.param({"attrs": {records.ATTR_RUN_ID: "run" + ESC}}, (CSV, BEST), id="run-id"),
-    pytest.param({"attrs": {records.ATTR_FAIL_REASON: "boom" + ESC}, "state": TrialState.FAIL}, (STATUS, CSV),
+    pytest.param({"attrs": {record_keys.ATTR_RUN_ID: "run" + ESC}}, (CSV, BEST), id="run-id"),
+    pytest.param({"attrs": {record_keys.ATTR_FAIL_REASON: "boom" + ESC}, "state": TrialState.FAIL}, (STATUS, CSV),
                  id="fail-reason"),
-    pytest.param({"study_attrs": {records.STUDY_METRIC: "acc" + ESC}}, (BEST,), id="metric-name"),
+    pytest.param({"study_attrs": {record_keys.STUDY_METRIC: "acc" + ESC}}, (BEST,), id="metric-name"),
 ]
 
 

@@ -17,8 +17,9 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.search.records import ATTR_CHECKPOINT_PENDING, STUDY_UNDELIVERED
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.core.record_keys import ATTR_CHECKPOINT_PENDING, STUDY_UNDELIVERED
+from hpsearch.storage.stores import open_storage
 
 from .support import run_cli, wait_for
 

@@ -11,11 +11,12 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.core.record_keys import TAG_CHECKPOINT_ERROR
 from hpsearch.orchestration.builders import build_model_for, hparams_for
-from hpsearch.search.records import TAG_CHECKPOINT_ERROR
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
-from hpsearch.tracking.tracker import client_for
+from hpsearch.storage.stores import open_storage
+from hpsearch.tracking.mlflow_client import client_for
 
 from .support import run_cli
 

@@ -12,16 +12,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from hpsearch.core import record_keys
+from hpsearch.core.record_keys import FailureKind
+from hpsearch.core.seeding import trial_seed
 from hpsearch.engine.train import NonFiniteLoss
 from hpsearch.orchestration import objective
 from hpsearch.orchestration.objective import TrialContext, run_trial
-from hpsearch.search import records
-from hpsearch.search.records import FailureKind
-from hpsearch.search.registry import build_pruner, build_sampler, trial_seed
+from hpsearch.search import trial_access
+from hpsearch.search.samplers import build_pruner, build_sampler
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.storage import study as study_mod
-from hpsearch.storage.study import create_or_resume
-from hpsearch.tracking import tracker as tracking
+from hpsearch.storage import retries
+from hpsearch.storage.stores import create_or_resume
+from hpsearch.tracking import background_writer, mlflow_client, study_runs
 
 from .support import run_cli, wait_for
 from .test_workers import assert_nothing_left_running, interrupt, load, start_run_until_mid_trial
@@ -33,7 +35,7 @@ def context(write_space, workdir):
     study, _ = create_or_resume(
         spec, build_sampler(spec.study.sampler, spec.search_space), build_pruner(spec.study.pruner), None
     )
-    tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+    tracker = study_runs.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
     parent = tracker.parent_run(spec.study.name, {})
     events = []
     ctx = TrialContext(spec, study, tracker.client, tracker.experiment_id, parent, "cpu", events.append)
@@ -71,12 +73,12 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
         first = context.study.ask()
         outcome = run_trial(context, first._trial_id)
     assert outcome.state == "FAIL" and expected in outcome.reason
-    tracking.drain()  # the worker closes runs on its writer thread
+    background_writer.drain()  # the worker closes runs on its writer thread
 
     frozen = context.study.trials[0]
     assert frozen.state == optuna.trial.TrialState.FAIL
     assert expected in frozen.user_attrs["fail_reason"]
-    client = tracking.client_for(context.spec.tracking.uri)
+    client = mlflow_client.client_for(context.spec.tracking.uri)
     run = client.get_run(frozen.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"  # never left RUNNING
     assert run.data.tags["hpsearch.state"] == "FAIL"
@@ -137,7 +139,7 @@ def test_a_finished_trial_releases_its_model_and_trainer(context, monkeypatch):
     monkeypatch.setattr(objective, "build_trainer", build)
     for _ in range(2):
         assert run_trial(context, context.study.ask()._trial_id).state == "COMPLETE"
-    tracking.drain()
+    background_writer.drain()
     gc.collect()
     assert len(refs) == 4 and all(r() is None for r in refs)
 
@@ -165,7 +167,7 @@ def test_a_trial_reaped_by_another_run_while_it_trains_ends_cleanly(context, mon
     assert outcome.state == "FAIL"
     assert "another run had already marked it FAIL" in outcome.reason
     assert context.study.trials[0].state == optuna.trial.TrialState.FAIL
-    assert tracking.drain() == []  # its MLflow run still closes, with the result it reached
+    assert background_writer.drain() == []  # its MLflow run still closes, with the result it reached
 
     # and the worker goes on: the next trial runs normally
     monkeypatch.setattr(objective, "build_trainer", real)
@@ -200,19 +202,19 @@ def test_a_configuration_is_retried_until_it_has_really_run(failures, retried):
     study = optuna.create_study()
     for i, failure in enumerate(failures):
         if i:
-            assert study_mod.enqueue_retry(study, study.trials[-1])
+            assert retries.enqueue_retry(study, study.trials[-1])
         trial = study.ask()  # the next worker takes the retry first
         trial.suggest_float("lr", 1e-3, 1e-1)
-        records.fail_trial(study, trial, "why", failure)
+        trial_access.fail_trial(study, trial, "why", failure)
     last = study.trials[-1]
-    if failure in records.RETRIED_FAILURES:  # what the next run looks at (OOM is retried at once, or never)
-        assert study_mod.retry_candidates(study) == [last]
-    assert study_mod.enqueue_retry(study, last) is retried
+    if failure in record_keys.RETRIED_FAILURES:  # what the next run looks at (OOM is retried at once, or never)
+        assert retries.retry_candidates(study) == [last]
+    assert retries.enqueue_retry(study, last) is retried
     if retried:
         waiting = study.trials[-1]
         assert waiting.state == TrialState.WAITING and waiting.system_attrs["fixed_params"] == study.trials[0].params
-        assert waiting.user_attrs[records.ATTR_RETRY_OF] == 0  # the first attempt: every retry names it
-        assert not study_mod.enqueue_retry(study, last)  # once per attempt, however often asked
+        assert waiting.user_attrs[record_keys.ATTR_RETRY_OF] == 0  # the first attempt: every retry names it
+        assert not retries.enqueue_retry(study, last)  # once per attempt, however often asked
 
 
 def _retry_mid_training(workdir, of: int):
@@ -220,7 +222,8 @@ def _retry_mid_training(workdir, of: int):
         trials = load(workdir).get_trials(states=(TrialState.RUNNING,))
     except (KeyError, FileNotFoundError):
         return None
-    return next((t for t in trials if t.user_attrs.get(records.ATTR_RETRY_OF) == of and t.intermediate_values), None)
+    return next((t for t in trials
+                 if t.user_attrs.get(record_keys.ATTR_RETRY_OF) == of and t.intermediate_values), None)
 
 
 @pytest.mark.slow
@@ -244,9 +247,9 @@ def test_a_retry_interrupted_again_is_retried_until_its_configuration_completes(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"retrying trial(s) {retry.number}" in result.stdout
     study = load(workdir)
-    attempts = [t for t in study.trials if victim.number in (t.number, t.user_attrs.get(records.ATTR_RETRY_OF))]
+    attempts = [t for t in study.trials if victim.number in (t.number, t.user_attrs.get(record_keys.ATTR_RETRY_OF))]
     assert [t.state for t in attempts] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert [t.user_attrs.get(records.ATTR_FAILURE) for t in attempts[:2]] == ["interrupted", "reaped"]
+    assert [t.user_attrs.get(record_keys.ATTR_FAILURE) for t in attempts[:2]] == ["interrupted", "reaped"]
     assert all(t.params == victim.params for t in attempts)  # the configuration has really run
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
     assert_nothing_left_running(workdir)

@@ -21,7 +21,8 @@ import psutil
 from mlflow import MlflowClient
 
 from hpsearch.cli.ui import is_loopback
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.storage.stores import open_storage
 
 from .support import free_port, run_cli, wait_for
 

@@ -18,11 +18,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpsearch.cli.main import main
+from hpsearch.core import record_keys
 from hpsearch.orchestration import runner
 from hpsearch.reporting import parent_run as study_story
 from hpsearch.reporting.html_report import REPORT_PAGE, write_report
-from hpsearch.search import records
-from hpsearch.tracking.tracker import StudyTracker, client_for
+from hpsearch.tracking.mlflow_client import client_for
+from hpsearch.tracking.study_runs import StudyTracker
 
 from .support import run_cli
 
@@ -142,7 +143,7 @@ def _failed():
     study = optuna.create_study(direction="maximize")
     _add(study, value=0.8, curve={1: 0.5, 2: 0.8})
     for _ in range(2):
-        _add(study, TrialState.FAIL, **{records.ATTR_FAIL_REASON: "out of memory: <b>resnet</b>"})
+        _add(study, TrialState.FAIL, **{record_keys.ATTR_FAIL_REASON: "out of memory: <b>resnet</b>"})
     return study
 
 
@@ -211,7 +212,8 @@ def test_a_200_trial_study_reports_and_tells_its_story_in_seconds(tmp_path, monk
         curve = {} if state == TrialState.FAIL else {e: loss + 1 / e for e in range(1, 6 if i % 4 < 2 else 3)}
         _add(study, state, value=loss if state == TrialState.COMPLETE else None,
              params={"lr": 10 ** -(1 + i % 3), "optimizer": ["sgd", "adamw"][i % 2]}, curve=curve,
-             start=t0 + timedelta(seconds=30 * (i // 2)), seconds=29, **{records.ATTR_SLOT: f"cuda:{i % 2} #{i % 2}"})
+             start=t0 + timedelta(seconds=30 * (i // 2)), seconds=29,
+             **{record_keys.ATTR_SLOT: f"cuda:{i % 2} #{i % 2}"})
     tracker = StudyTracker("sqlite:///mlruns/mlflow.db", "big")
     run_id = tracker.parent_run("big", {})
     parent = study_story.ParentRun(tracker.client, tracker.experiment_id, run_id)

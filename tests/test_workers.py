@@ -14,9 +14,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpsearch.core.errors import UsageError
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.core.record_keys import FailureKind
 from hpsearch.orchestration.devices import Slot, plan_slots
-from hpsearch.search.records import FailureKind, TrialEnded, WorkerRetiring
-from hpsearch.storage.study import DEFAULT_STORAGE, open_storage
+from hpsearch.orchestration.events import TrialEnded, WorkerRetiring
+from hpsearch.storage.stores import open_storage
 
 from .support import run_cli, wait_for
 
@@ -278,7 +280,7 @@ class _Process:
 def _orchestrator_with_two_trials_on_one_gpu(capsys):
     """An Orchestrator over a real (in-memory) study, with two slots of GPU 0 each holding a trial."""
     from hpsearch.cli.live import LiveView
-    from hpsearch.orchestration.workers import Orchestrator, WorkerHandle
+    from hpsearch.orchestration.orchestrator import Orchestrator, WorkerHandle
 
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     slots = plan_slots("auto", 2, gpu_count=1)

@@ -16,7 +16,7 @@ import click
 from hpsearch.core.credentials import redact
 from hpsearch.core.terminal import escaped
 from hpsearch.orchestration.devices import Slot
-from hpsearch.search.records import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
+from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
 
 
 def quiet_libraries() -> None:

@@ -70,9 +70,10 @@ def _load_spec(path: str, **overrides):
 def _resolve_study(space, study_name, storage, tracking_uri):
     """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
     from hpsearch.core.checks import study_name as check_study_name
-    from hpsearch.search.records import STUDY_TRACKING_URI
-    from hpsearch.storage import study as study_mod
-    from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI
+    from hpsearch.core.locations import LAST_RUN_FILE
+    from hpsearch.core.record_keys import STUDY_TRACKING_URI
+    from hpsearch.storage import last_run, stores
+    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI
 
     if space and study_name:
         raise UsageError("--study: give either SPACE or --study, not both")
@@ -83,20 +84,20 @@ def _resolve_study(space, study_name, storage, tracking_uri):
         # A shared storage holds studies made by plain Optuna too: their names obey the space file's rule,
         # since each names a folder under studies/.
         name, uri = check_study_name(study_name, "--study"), tracking_uri
-        last = study_mod.last_run()
+        last = last_run.last_run()
         if storage is None and last and last.study_name == study_name:
             storage = usable_url(last.storage, STORAGE_ENV, _file_urls(last.space_file)[0])
     else:
-        last = study_mod.last_run()
+        last = last_run.last_run()
         if last is None:
             raise UsageError("SPACE: no study has been run from this folder yet; give SPACE or --study NAME")
         # .last_run.json keeps masked URLs; the real ones come back from the options, the environment,
         # or the space file that run read.
-        name = check_study_name(last.study_name, f"{study_mod.LAST_RUN_FILE} study_name")
+        name = check_study_name(last.study_name, f"{LAST_RUN_FILE} study_name")
         file_storage, file_uri = _file_urls(last.space_file)
         storage = storage or usable_url(last.storage, STORAGE_ENV, file_storage)
         uri = tracking_uri or usable_url(last.tracking_uri or None, TRACKING_ENV, file_uri)
-    study = study_mod.load_existing_study(name, storage)
+    study = stores.load_existing_study(name, storage)
     uri = uri or usable_url(study.user_attrs.get(STUDY_TRACKING_URI), TRACKING_ENV) or DEFAULT_TRACKING_URI
     return study, storage, uri
 
@@ -164,7 +165,7 @@ def validate(space):
     click.echo(f"# {space}: valid")
     click.echo(redact(yaml.safe_dump(masked_spec(spec).to_dict(), sort_keys=False).rstrip()))  # what load_spec learnt
     if spec.study.sampler.name == "tpe" and "n_startup_trials" not in spec.study.sampler.kwargs:
-        from hpsearch.search.registry import tpe_startup_trials
+        from hpsearch.search.samplers import tpe_startup_trials
 
         click.echo(f"# tpe: {tpe_startup_trials(spec.study.n_trials)} random start-up trials of "
                    f"{spec.study.n_trials} (a quarter of n_trials, 5 to 10; set study.sampler.n_startup_trials)")
@@ -360,7 +361,7 @@ def compress(space, study_name, storage, tracking_uri, trial_number, prune_amoun
     from hpsearch.results.retrain import pick_device
     from hpsearch.results.tables import best_record, trial_record
     from hpsearch.storage.store_probe import check_tracking
-    from hpsearch.storage.study import study_dir
+    from hpsearch.storage.stores import study_dir
 
     options = CompressOptions(prune_amount, quantize, finetune_epochs, "cpu")
     options.check()  # before the study is opened
@@ -425,7 +426,7 @@ def _evaluate_best(study, record, device, uri: str) -> dict:
 
     from hpsearch.results.export import spec_of_study
     from hpsearch.results.retrain import evaluate_checkpoint, pick_device
-    from hpsearch.tracking import tracker as tracking
+    from hpsearch.tracking import checkpoints
 
     if not record.get("checkpoint") and not record.get("checkpoint_local"):
         raise UsageError(f"--evaluate: {record['checkpoint_note']}")
@@ -434,7 +435,7 @@ def _evaluate_best(study, record, device, uri: str) -> dict:
         raise UsageError(f"--evaluate: study {study.study_name!r} held out no test split "
                          "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")
     with tempfile.TemporaryDirectory() as tmp:
-        path = record["checkpoint_local"] or tracking.download_checkpoint(uri, record["mlflow_run_id"], tmp)
+        path = record["checkpoint_local"] or checkpoints.download_checkpoint(uri, record["mlflow_run_id"], tmp)
         loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
     return {"test_accuracy": acc, "test_loss": loss}
 
@@ -469,7 +470,7 @@ def train(config, device, output, tracking_uri):
     """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
     from hpsearch.results.retrain import pick_device, train_config
     from hpsearch.storage.store_probe import check_tracking
-    from hpsearch.storage.study import study_dir
+    from hpsearch.storage.stores import study_dir
 
     spec = _load_spec(config, tracking_uri=tracking_uri)
     check_tracking(spec.tracking.uri)
@@ -498,12 +499,12 @@ def train(config, device, output, tracking_uri):
 def ui(port, host, tracking_uri):
     """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
     from hpsearch.cli.ui import serve_ui, study_pages
-    from hpsearch.storage import study as study_mod
+    from hpsearch.storage import last_run
     from hpsearch.storage.store_probe import check_tracking
-    from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI
+    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI
 
     pages = None
-    if study_mod.last_run() is not None:
+    if last_run.last_run() is not None:
         try:
             study, _, tracking_uri = _resolve_study(None, None, None, tracking_uri)
         except (UsageError, RunFailure) as exc:  # the UI is still worth starting: it shows every study

@@ -66,19 +66,19 @@ def study_pages(study: optuna.Study, tracking_uri: str) -> StudyPages:
     """The study's experiment id and its COMPARE_TOP best completed trials' run ids, read from the stores."""
     import optuna
 
+    from hpsearch.core import record_keys
     from hpsearch.results.export import spec_of_study
-    from hpsearch.search import records
-    from hpsearch.tracking import tracker as tracking
+    from hpsearch.tracking import mlflow_client
 
     try:
         experiment = spec_of_study(study).tracking.experiment
     except UsageError:  # a study hpsearch did not make: its experiment, if any, would bear its name
         experiment = study.study_name
-    found = tracking.client_for(tracking_uri).get_experiment_by_name(experiment)
+    found = mlflow_client.client_for(tracking_uri).get_experiment_by_name(experiment)
     pages = StudyPages(study.study_name, found.experiment_id if found is not None else None)
-    ranked = sorted(((t.value, t.user_attrs[records.ATTR_RUN_ID])
+    ranked = sorted(((t.value, t.user_attrs[record_keys.ATTR_RUN_ID])
                      for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                     if t.value is not None and records.ATTR_RUN_ID in t.user_attrs),
+                     if t.value is not None and record_keys.ATTR_RUN_ID in t.user_attrs),
                     key=lambda pair: pair[0], reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     pages.top_run_ids = [run_id for _, run_id in ranked[:COMPARE_TOP]]
     return pages
@@ -252,7 +252,7 @@ class _Stop:
 
 def serve_ui(pages: StudyPages | None, tracking_uri: str, host: str, port: int) -> int:
     """Run the UI until Ctrl-C or SIGTERM; returns the exit code. `pages` None: no study run here yet."""
-    from hpsearch.tracking.tracker import prepare_local_store, resolve_uri
+    from hpsearch.tracking.mlflow_client import prepare_local_store, resolve_uri
 
     if tracking_uri.startswith(("http://", "https://")):
         return _point_at_server(pages, tracking_uri)

@@ -17,15 +17,18 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.core import record_keys
 from hpsearch.core.hparams import HParams
 from hpsearch.core.interrupts import GUARD, Interrupted
+from hpsearch.core.record_keys import FailureKind
+from hpsearch.core.seeding import trial_seed
+from hpsearch.orchestration import events
 from hpsearch.orchestration.builders import build_trainer, hparams_for, measure_trained, run_params
-from hpsearch.search import records
-from hpsearch.search.records import EpochEnded, FailureKind, TrialEnded, TrialStarted, WorkerEvent
-from hpsearch.search.registry import trial_seed
+from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
+from hpsearch.search import trial_access
 from hpsearch.search.suggest import suggest
 from hpsearch.spec.study_spec import Spec, with_task_choices
-from hpsearch.tracking.tracker import TrialRun
+from hpsearch.tracking.study_runs import TrialRun
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -73,7 +76,7 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
     from hpsearch.engine.train import NonFiniteLoss
 
     spec, study = context.spec, context.study
-    trial = records.open_trial(study, trial_id)
+    trial = trial_access.open_trial(study, trial_id)
     number = trial.number
     run: TrialRun | None = None
     trainer: Trainer | None = None
@@ -88,8 +91,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
             context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
             run_params(spec, hp, context.device),
         )
-        trial.set_user_attr(records.ATTR_RUN_ID, run.run_id)
-        trial.set_user_attr(records.ATTR_WORKER_PID, os.getpid())
+        trial.set_user_attr(record_keys.ATTR_RUN_ID, run.run_id)
+        trial.set_user_attr(record_keys.ATTR_WORKER_PID, os.getpid())
         context.on_event(TrialStarted(number, hp.epochs, searched))
 
         trainer, _ = build_trainer(spec, hp, context.device, trial_seed(spec.study.seed, number))
@@ -136,7 +139,7 @@ def _epoch_hook(context: TrialContext, trial: optuna.Trial, run: TrialRun, epoch
         if single:
             trial.report(metrics[metric], stats.epoch)
         else:
-            trial.set_user_attr(records.ATTR_EPOCHS, stats.epoch)
+            trial.set_user_attr(record_keys.ATTR_EPOCHS, stats.epoch)
         context.on_event(EpochEnded(trial.number, stats.epoch, epochs, metrics))
         if single and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
@@ -176,20 +179,20 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
         # worker is about to exit.
         # A checkpoint that cannot be stored is shown by the parent at once and counted in the summary.
         run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted,
-                   on_checkpoint_error=lambda error: context.on_event(records.CheckpointFailed(trial.number, error)))
+                   on_checkpoint_error=lambda error: context.on_event(events.CheckpointFailed(trial.number, error)))
     try:
         if state == "COMPLETE":
             if checkpoint is not None:  # told now, stored by the writer thread a moment later
-                trial.set_user_attr(records.ATTR_CHECKPOINT_PENDING, True)
+                trial.set_user_attr(record_keys.ATTR_CHECKPOINT_PENDING, True)
             study.tell(trial, value)
         elif state == "PRUNED":
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            records.fail_trial(study, trial, reason, failure)
+            trial_access.fail_trial(study, trial, reason, failure)
     except (ValueError, RuntimeError):  # Optuna refuses to tell a trial that has ended
         # Another run took this trial for orphaned (our heartbeat was late) and failed it: its result
         # stays in MLflow, the worker goes on with the next trial.
-        told = records.get_trial(study, records.trial_id(trial)).state.name
+        told = trial_access.get_trial(study, trial_access.trial_id(trial)).state.name
         if told == state:  # a tell retried after its first try had in fact gone through
             pass
         else:

@@ -9,16 +9,17 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.cli.live import LiveView
+from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, masked_spec, redact
 from hpsearch.core.errors import RunFailure
 from hpsearch.core.outages import GaveUp, first_line
 from hpsearch.orchestration.devices import plan_slots
-from hpsearch.orchestration.workers import Orchestrator, RunSummary, reap_and_close
-from hpsearch.search import records
-from hpsearch.search.registry import build_pruner, study_sampler
+from hpsearch.orchestration.orchestrator import Orchestrator, RunSummary, reap_and_close
+from hpsearch.search import trial_states
+from hpsearch.search.samplers import build_pruner, study_sampler
 from hpsearch.spec.study_spec import Spec
-from hpsearch.storage import study as study_mod
-from hpsearch.tracking import tracker as tracking
+from hpsearch.storage import last_run, locks, retries, stores
+from hpsearch.tracking import background_writer, mlflow_client, study_runs
 
 
 def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
@@ -29,23 +30,23 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
     # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
     # (the real URLs are passed on separately, and come back from the options or the environment).
-    study, resumed = study_mod.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
+    study, resumed = stores.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
                                                 storage_url)
-    study.set_user_attr(records.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
+    study.set_user_attr(record_keys.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
 
     # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
     # fail what is still open, then retry each with the same parameters (study.RETRIES_ALLOWED). Under the budget lock,
     # so that two runs starting together never enqueue the same retry twice.
-    with study_mod.budget_lock(storage_url, spec.study.name):
+    with locks.budget_lock(storage_url, spec.study.name):
         reaped = reap_and_close(study, spec.tracking.uri)
-        retried = [t.number for t in study_mod.retry_candidates(study) if study_mod.enqueue_retry(study, t)]
+        retried = [t.number for t in retries.retry_candidates(study) if retries.enqueue_retry(study, t)]
 
-    counts = study_mod.count_states(study)
+    counts = trial_states.count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     n = spec.study.n_trials
     # Never more worker processes than trials left (each imports torch and holds its own data and model).
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device, trials_left=n - finished)
-    where = study_mod.storage_label(storage_url)
+    where = stores.storage_label(storage_url)
     if resumed:
         click.echo(
             f"resuming study {spec.study.name!r} ({where}): {finished}/{n} finished, "
@@ -56,13 +57,13 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
 
     try:  # waits through an outage of the tracking store, saying so, up to HPSEARCH_OUTAGE_SECONDS
-        study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
-        with study_mod.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
+        study_tracker = study_runs.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+        with locks.budget_lock(storage_url, spec.study.name):  # one parent run even when runs start together
             parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
     except GaveUp as exc:
         raise RunFailure(f"MLflow tracking store {mask_url(spec.tracking.uri)}: {exc}") from exc
-    study_mod.remember_last_run(
-        study_mod.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
+    last_run.remember_last_run(
+        last_run.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
     )
 
     live = LiveView(spec.study.metric, spec.study.direction, n)
@@ -111,27 +112,28 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     return summary
 
 
-def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> list[str]:
+def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str) -> list[str]:
     """Close what the run leaves open in MLflow and deliver this process's queued writes.
 
     Waits HPSEARCH_DRAIN_SECONDS at most in all, counting down; returns what was not delivered.
     """
-    deadline = time.monotonic() + tracking.drain_seconds()
+    deadline = time.monotonic() + background_writer.drain_seconds()
     lost = []
     # A worker killed while closing a finished trial's run leaves it RUNNING: close it now.
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     try:
-        tracking.through_outage(lambda: tracking.close_stale_runs(spec.tracking.uri, tracker.experiment_id, states),
-                                "the close of trial runs left open", wait_for=tracking.drain_seconds())
+        mlflow_client.through_outage(
+            lambda: study_runs.close_stale_runs(spec.tracking.uri, tracker.experiment_id, states),
+            "the close of trial runs left open", wait_for=background_writer.drain_seconds())
     except Exception as exc:
-        lost.append(f"the close of trial runs left open, if any ({tracking.short_reason(exc)})")
+        lost.append(f"the close of trial runs left open, if any ({mlflow_client.short_reason(exc)})")
     best: dict[str, float | None] = {}
     if spec.study.multi:
-        best = {"pareto_front_size": len(study_mod.pareto_front(study))}
-    elif study_mod.count_states(study)[TrialState.COMPLETE]:
+        best = {"pareto_front_size": len(trial_states.pareto_front(study))}
+    elif trial_states.count_states(study)[TrialState.COMPLETE]:
         best = {f"best_{spec.study.metric}": study.best_trial.value}
     tracker.close_parent(parent_run_id, best)
-    left = tracking.drain(
+    left = background_writer.drain(
         max(0.0, deadline - time.monotonic()),
         on_tick=lambda count, seconds: click.echo(
             f"waiting for {count} MLflow write(s) to reach the tracking store; giving up in {seconds:.0f}s", err=True),
@@ -139,7 +141,7 @@ def _close_tracking(spec: Spec, study: optuna.Study, tracker: tracking.StudyTrac
     return lost + [item.describe() for item in left]
 
 
-def _publish_report(spec: Spec, study: optuna.Study, tracker: tracking.StudyTracker, parent_run_id: str) -> None:
+def _publish_report(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str) -> None:
     """Write the study's report and tell its parent run; a failure is one warning line, never the run's."""
     from hpsearch.reporting.html_report import default_report_dir
     from hpsearch.reporting.parent_run import ParentRun, publish
@@ -160,7 +162,7 @@ def _report_undelivered(study: optuna.Study, undelivered: list[str]) -> None:
     for item in undelivered:
         click.echo(f"  - {redact(item)}", err=True)
     try:
-        study.set_user_attr(records.STUDY_UNDELIVERED, [redact(item) for item in undelivered])
+        study.set_user_attr(record_keys.STUDY_UNDELIVERED, [redact(item) for item in undelivered])
     except Exception as exc:  # the list is on screen; the study's database may be away too
         click.echo(f"  (not recorded in the study either: {first_line(exc)})", err=True)
 
@@ -169,8 +171,8 @@ def checkpoints_lost_line(trials: list[int]) -> str:
     """The run summary's warning for checkpoints that could not be stored."""
     return (
         f"WARNING: {len(trials)} checkpoint(s) not stored (trial(s) {', '.join(map(str, trials))}); "
-        f"each run's MLflow tag {records.TAG_CHECKPOINT_ERROR} says why, and a copy is kept under "
-        f"{tracking.UNDELIVERED_DIR}/<run id>/ (`hpsearch best` uses it)"
+        f"each run's MLflow tag {record_keys.TAG_CHECKPOINT_ERROR} says why, and a copy is kept under "
+        f"{background_writer.UNDELIVERED_DIR}/<run id>/ (`hpsearch best` uses it)"
     )
 
 

@@ -23,10 +23,10 @@ import optuna
 from optuna.importance import BaseImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.core import record_keys
 from hpsearch.core.credentials import redact
 from hpsearch.core.outages import first_line
-from hpsearch.search import records
-from hpsearch.storage.study import study_dir
+from hpsearch.storage.stores import study_dir
 
 REPORT_PAGE = "report.html"
 SLICE_PARAMS = 3  # the slice plot shows the most important few: one panel per parameter
@@ -210,7 +210,7 @@ def _slot_bars(trials: Sequence[FrozenTrial]) -> tuple[list[_Bar], dict[str, flo
     if not started:
         raise NotDrawn("No trial has started yet.")
     now = datetime.now(started[0][0].tzinfo)
-    hosts = {t.user_attrs.get(records.ATTR_HOST) for _, t in started}
+    hosts = {t.user_attrs.get(record_keys.ATTR_HOST) for _, t in started}
     free_at: dict[str, datetime] = {}  # unrecorded rows, packed greedily: as many rows as trials ran at once
     bars = []
     for start, t in started:
@@ -231,12 +231,12 @@ def _slot_bars(trials: Sequence[FrozenTrial]) -> tuple[list[_Bar], dict[str, flo
 
 def _recorded_slot(trial: FrozenTrial, multi_host: bool) -> str | None:
     attrs = trial.user_attrs
-    slot = attrs.get(records.ATTR_SLOT)
-    if slot is None and attrs.get(records.ATTR_WORKER_PID) is not None:  # studies run before slots were recorded
-        slot = f"worker pid {attrs[records.ATTR_WORKER_PID]}"
+    slot = attrs.get(record_keys.ATTR_SLOT)
+    if slot is None and attrs.get(record_keys.ATTR_WORKER_PID) is not None:  # studies run before slots were recorded
+        slot = f"worker pid {attrs[record_keys.ATTR_WORKER_PID]}"
     if slot is None:
         return None
-    host = attrs.get(records.ATTR_HOST)
+    host = attrs.get(record_keys.ATTR_HOST)
     return f"{host} · {slot}" if multi_host and host else str(slot)
 
 
@@ -414,7 +414,7 @@ def write_report(study: optuna.Study, out: Path, *, links: RunLinks | None = Non
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # what a plot lacks is said on the page, not on stderr
     try:
-        view = _view(study, study.user_attrs.get(records.STUDY_METRIC))
+        view = _view(study, study.user_attrs.get(record_keys.STUDY_METRIC))
         report = Report(out / REPORT_PAGE)
         drawn = _draw_all(view, out, report)
     finally:
@@ -502,16 +502,16 @@ def _trials_table(study: optuna.Study, links: RunLinks | None, links_note: str |
         duration = None
         if t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()
-        epochs = len(t.intermediate_values) or t.user_attrs.get(records.ATTR_EPOCHS, 0)
+        epochs = len(t.intermediate_values) or t.user_attrs.get(record_keys.ATTR_EPOCHS, 0)
         cells = [t.number, t.state.name, *values, epochs, duration, *(t.params.get(n) for n in names)]
         row = "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells)
-        run_id = t.user_attrs.get(records.ATTR_RUN_ID)
+        run_id = t.user_attrs.get(record_keys.ATTR_RUN_ID)
         run = "-"
         if run_id and links is not None:
             run = f"<a href='{html.escape(links.url(run_id))}' target='_blank'>{html.escape(run_id[:12])}</a>"
         elif run_id:
             run = html.escape(run_id)
-        reason = str(t.user_attrs.get(records.ATTR_FAIL_REASON) or "")
+        reason = str(t.user_attrs.get(record_keys.ATTR_FAIL_REASON) or "")
         reason = html.escape(redact(reason.splitlines()[0])[:200]) if reason else ""
         body.append(f"<tr class='{t.state.name.lower()}'>{row}<td>{run}</td><td>{reason}</td></tr>")
     note = f"<p class='caption'>{html.escape(links_note)}</p>" if links_note else ""

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, masked_space_file, redact
 from hpsearch.core.outages import first_line
 from hpsearch.reporting.html_report import REPORT_PAGE, Report, RunLinks, write_report
-from hpsearch.search import records
-from hpsearch.storage.study import pareto_front
-from hpsearch.tracking import tracker as tracking
+from hpsearch.search.trial_states import pareto_front
+from hpsearch.tracking import mlflow_client, study_runs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -57,15 +57,15 @@ def find_parent(study: optuna.Study, tracking_uri: str) -> ParentRun:
     from hpsearch.results.export import spec_of_study
 
     experiment = spec_of_study(study).tracking.experiment
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = mlflow_client.resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():  # opening creates it
         raise LookupError(f"there is no MLflow store at {uri.removeprefix('sqlite:///')}")
-    client = tracking.client_for(tracking_uri)
+    client = mlflow_client.client_for(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise LookupError(f"MLflow at {mask_url(tracking_uri)} has no experiment {experiment!r}")
     return ParentRun(client, found.experiment_id,
-                     tracking.find_parent_run(client, found.experiment_id, study.study_name))
+                     study_runs.find_parent_run(client, found.experiment_id, study.study_name))
 
 
 def ui_address(tracking_uri: str) -> str:
@@ -151,10 +151,11 @@ def tell(client: MlflowClient, run_id: str, study: optuna.Study, report: Report,
     elif not single:
         front = pareto_front(study)
         tags[TAG_PARETO_TRIALS] = ",".join(str(t.number) for t in front)
-        tags[TAG_PARETO_RUNS] = ",".join(t.user_attrs.get(records.ATTR_RUN_ID, "") for t in front)
+        tags[TAG_PARETO_RUNS] = ",".join(t.user_attrs.get(record_keys.ATTR_RUN_ID, "") for t in front)
     # A resumed study's new winner may lack a conditional parameter of the old one: its tag goes.
     stale = [k for k in client.get_run(run_id).data.tags if k.startswith(BEST_TAG_PREFIX) and k not in tags]
-    run_tags = [RunTag(k, redact(v)[: records.MAX_TAG_CHARS] if k != TAG_NOTE else redact(v)) for k, v in tags.items()]
+    run_tags = [RunTag(k, redact(v)[: record_keys.MAX_TAG_CHARS] if k != TAG_NOTE else redact(v))
+                for k, v in tags.items()]
     for i in range(0, max(len(metrics), 1), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + METRICS_PER_BATCH], tags=run_tags if i == 0 else [])
     for key in stale:
@@ -168,11 +169,11 @@ def _attach_space(client: MlflowClient, run_id: str, study: optuna.Study) -> Non
     """The space file as it is on disk (when it still is), and the resolved spec the study ran with."""
     import yaml
 
-    source = study.user_attrs.get(records.STUDY_SPACE_FILE)
+    source = study.user_attrs.get(record_keys.STUDY_SPACE_FILE)
     # The file may hold a store URL with its password: it goes to MLflow masked by value, like everything else.
     if source and (text := masked_space_file(source)) is not None:
         client.log_text(run_id, text, f"{SPACE_ARTIFACTS}/{Path(source).name}")
-    resolved = study.user_attrs.get(records.STUDY_SPEC)
+    resolved = study.user_attrs.get(record_keys.STUDY_SPEC)
     if resolved:
         # Store URLs are masked in it; any other secret the space file's URLs hold, by value (learnt above).
         text = redact(yaml.safe_dump(resolved, sort_keys=False))
@@ -185,7 +186,7 @@ def _description(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], co
              f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed."]
     if len(study.directions) == 1 and count[TrialState.COMPLETE]:
         best = study.best_trial
-        metric = study.user_attrs.get(records.STUDY_METRIC) or "value"
+        metric = study.user_attrs.get(record_keys.STUDY_METRIC) or "value"
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         lines.append(f"Best {metric} **{best.value:.4g}** at trial {best.number}"
                      + (f" ({params})." if params else "."))

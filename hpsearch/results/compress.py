@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure, UsageError
-from hpsearch.search import records
-from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking import checkpoints, mlflow_client, study_runs
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,7 +89,7 @@ def compress(study: optuna.Study, record: dict[str, Any], tracking_uri: str, opt
     hp = hparams_for(spec, {})
     data = load_task_data(spec, "cpu")
     with tempfile.TemporaryDirectory(prefix="hpsearch-compress-") as tmp:
-        path = record["checkpoint_local"] or tracking.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
+        path = record["checkpoint_local"] or checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model_for(spec, hp, data.num_classes, weights="none")
         model.load_state_dict(state)
@@ -193,14 +193,14 @@ def _log_child_run(study: optuna.Study, record: dict[str, Any], tracking_uri: st
     parent = record.get("mlflow_run_id")
     if not parent:
         return None
-    client = tracking.client_for(tracking_uri)
+    client = mlflow_client.client_for(tracking_uri)
     experiment_id = client.get_run(parent).info.experiment_id
-    run = tracking.TrialRun.start(
+    run = study_runs.TrialRun.start(
         client, experiment_id, parent, study.study_name, record["trial_number"],
         {"prune": options.prune, "quantize": options.quantize, "finetune_epochs": result["finetune_epochs"],
          "model": result["model"], "image_size": result["image_size"], "latency_device": "cpu",
          "threads": result["threads"]},
-        run_name=f"trial-{record['trial_number']}-compressed", extra_tags={records.TAG_ROLE: "compress"},
+        run_name=f"trial-{record['trial_number']}-compressed", extra_tags={record_keys.TAG_ROLE: "compress"},
     )
     metrics = {**{f"before_{k}": v for k, v in result["before"].items()}, **result["after"]}
     run.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})

@@ -13,12 +13,12 @@ from typing import Any
 import optuna
 import yaml
 
+from hpsearch.core import record_keys
 from hpsearch.core.credentials import masked_spec
 from hpsearch.core.errors import UsageError
-from hpsearch.search import records
 from hpsearch.spec.study_spec import Spec, fixed_spec, parse_spec
-from hpsearch.storage.study import study_dir
-from hpsearch.tracking import tracker as tracking
+from hpsearch.storage.stores import study_dir
+from hpsearch.tracking import checkpoints
 
 
 def default_export_dir(study_name: str) -> Path:
@@ -26,10 +26,10 @@ def default_export_dir(study_name: str) -> Path:
 
 
 def spec_of_study(study: optuna.Study) -> Spec:
-    data = study.user_attrs.get(records.STUDY_SPEC)
+    data = study.user_attrs.get(record_keys.STUDY_SPEC)
     if not data:
         raise UsageError(f"study {study.study_name!r} was not made by hpsearch (it records no space file)")
-    return parse_spec(data, study.user_attrs.get(records.STUDY_SPACE_FILE))
+    return parse_spec(data, study.user_attrs.get(record_keys.STUDY_SPACE_FILE))
 
 
 EXPORT_FILES = ("best.yaml", "model.pt", "trial.json")
@@ -82,7 +82,7 @@ def _write_files(spec: Spec, record: dict[str, Any], where: Path, tracking_uri: 
     (where / "best.yaml").write_text(header + yaml.safe_dump(winner.to_dict(), sort_keys=False))
     if record.get("checkpoint") and record.get("mlflow_run_id"):
         with tempfile.TemporaryDirectory() as tmp:
-            local = tracking.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
+            local = checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
             shutil.copyfile(local, where / "model.pt")
     elif record.get("checkpoint_local"):  # never delivered to MLflow, kept on this disk instead
         shutil.copyfile(record["checkpoint_local"], where / "model.pt")

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure, UsageError
-from hpsearch.search import records
-from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking import checkpoints, mlflow_client
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +54,7 @@ def register_best(study: optuna.Study, record: dict[str, Any], tracking_uri: str
         raise UsageError(f"--register: {record['checkpoint_note']}")
     spec = with_task_choices(spec_of_study(study), record["params"])  # the winner's backbone and input size
     with tempfile.TemporaryDirectory() as tmp:
-        path = record["checkpoint_local"] or tracking.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
+        path = record["checkpoint_local"] or checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = winner_model(spec, record["params"], state)
         facts = preprocessing(spec, record, _num_classes(model))
@@ -158,8 +158,8 @@ def _log_and_register(model: nn.Module, facts: dict[str, Any], facts_file: Path,
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    uri = tracking.resolve_uri(tracking_uri)
-    client = tracking.client_for(uri)  # creates or migrates a SQLite store's tables under its lock first
+    uri = mlflow_client.resolve_uri(tracking_uri)
+    client = mlflow_client.client_for(uri)  # creates or migrates a SQLite store's tables under its lock first
     run_id = record["mlflow_run_id"]
     # The registry lives in the same store; the logged model goes to the study's experiment, beside its run.
     mlflow.set_tracking_uri(uri)
@@ -170,8 +170,8 @@ def _log_and_register(model: nn.Module, facts: dict[str, Any], facts_file: Path,
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, facts["num_classes"]))]),
     )
-    tags = {records.TAG_STUDY: record["study_name"], records.TAG_TRIAL: str(record["trial_number"]),
-            records.MODEL_TAG_METRIC: str(record["metric"]), records.MODEL_TAG_VALUE: repr(record["value"])}
+    tags = {record_keys.TAG_STUDY: record["study_name"], record_keys.TAG_TRIAL: str(record["trial_number"]),
+            record_keys.MODEL_TAG_METRIC: str(record["metric"]), record_keys.MODEL_TAG_VALUE: repr(record["value"])}
     info = mlflow.pytorch.log_model(
         model,
         name=MODEL_NAME,

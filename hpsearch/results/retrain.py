@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
+from hpsearch.core.seeding import trial_seed
 from hpsearch.orchestration.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params
-from hpsearch.search import records
-from hpsearch.search.registry import trial_seed
 from hpsearch.spec.study_spec import Spec, with_task_choices
-from hpsearch.tracking import tracker as tracking
+from hpsearch.tracking import study_runs
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -56,8 +56,8 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
         )
     started = time.perf_counter()
     hp = hparams_for(spec, {})
-    study_tracker = tracking.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
-    run = tracking.TrialRun.start(
+    study_tracker = study_runs.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
+    run = study_runs.TrialRun.start(
         study_tracker.client,
         study_tracker.experiment_id,
         None,
@@ -65,7 +65,7 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
         -1,
         run_params(spec, hp),
         run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-        extra_tags={records.TAG_ROLE: "train"},
+        extra_tags={record_keys.TAG_ROLE: "train"},
     )
     trainer = None
     try:

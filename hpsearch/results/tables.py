@@ -9,12 +9,13 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, redact
 from hpsearch.core.errors import UsageError
 from hpsearch.core.outages import first_line
-from hpsearch.search import records
-from hpsearch.storage import study as study_mod
-from hpsearch.tracking import tracker as tracking
+from hpsearch.search import trial_states
+from hpsearch.storage import stores
+from hpsearch.tracking import background_writer, checkpoints, mlflow_client
 
 # What `status` reads from `study.trials_dataframe()`: its columns are (attribute, key) pairs.
 FRAME_ATTRS = ("number", "state", "value", "intermediate_values", "datetime_start", "datetime_complete",
@@ -31,7 +32,7 @@ def objective_names(study: optuna.Study) -> list[str]:
     if study.metric_names:
         return list(study.metric_names)
     if len(study.directions) == 1:
-        return [study.user_attrs.get(records.STUDY_METRIC) or "value"]
+        return [study.user_attrs.get(record_keys.STUDY_METRIC) or "value"]
     return [f"values_{i}" for i in range(len(study.directions))]
 
 
@@ -53,7 +54,7 @@ def trials_frame(study: optuna.Study, sort: str = "number", top: int | None = No
     if multi:  # Optuna names the column group "values", one column per objective
         values = raw.xs("values", axis=1, level=0).astype(float)
         values.columns = objective_names(study)
-        front = {t.number for t in study_mod.pareto_front(study)}
+        front = {t.number for t in trial_states.pareto_front(study)}
     else:  # its key is the metric's name where one is set
         values = raw.xs("value", axis=1, level=0).iloc[:, :1].astype(float)
     rows = []
@@ -80,9 +81,9 @@ def _frame_row(row: pd.Series, value: float, names: list[str], last_step: int | 
     if pd.isna(value) and last_step is not None and row[("state", "")] != "FAIL":
         value = row.get(("intermediate_values", last_step), math.nan)
     start, end = row[("datetime_start", "")], row[("datetime_complete", "")]
-    run_id = row.get(("user_attrs", records.ATTR_RUN_ID), math.nan)
-    epochs = row.get(("user_attrs", records.ATTR_EPOCHS), math.nan)  # a multi-objective trial's, unreported
-    reason = row.get(("user_attrs", records.ATTR_FAIL_REASON), math.nan)
+    run_id = row.get(("user_attrs", record_keys.ATTR_RUN_ID), math.nan)
+    epochs = row.get(("user_attrs", record_keys.ATTR_EPOCHS), math.nan)  # a multi-objective trial's, unreported
+    reason = row.get(("user_attrs", record_keys.ATTR_FAIL_REASON), math.nan)
     return {
         "number": int(row[("number", "")]),
         "state": row[("state", "")],
@@ -145,7 +146,8 @@ def pareto_record(study: optuna.Study, storage_url: str | None, tracking_uri: st
         "objectives": [{"metric": n, "direction": d.name.lower()}
                        for n, d in zip(names, study.directions, strict=True)],
         "pareto": [{"number": t.number, "values": dict(zip(names, t.values, strict=True)), "params": dict(t.params),
-                    "mlflow_run_id": t.user_attrs.get(records.ATTR_RUN_ID)} for t in study_mod.pareto_front(study)],
+                    "mlflow_run_id": t.user_attrs.get(record_keys.ATTR_RUN_ID)}
+                   for t in trial_states.pareto_front(study)],
     }
 
 
@@ -155,18 +157,18 @@ def trial_record(study: optuna.Study, trial: optuna.trial.FrozenTrial | int, sto
     `trial` may be a number (`best --trial N`): refused unless the study has it, COMPLETE."""
     if isinstance(trial, int):
         trial = _complete_trial(study, trial)
-    run_id = trial.user_attrs.get(records.ATTR_RUN_ID)
+    run_id = trial.user_attrs.get(record_keys.ATTR_RUN_ID)
     checkpoint = None
     client = None
     if run_id:
-        client = tracking.client_for(tracking_uri)
-        checkpoint = tracking.checkpoint_uri(client, run_id)
-    kept = tracking.undelivered_checkpoint(run_id) if run_id and not checkpoint else None
+        client = mlflow_client.client_for(tracking_uri)
+        checkpoint = checkpoints.checkpoint_uri(client, run_id)
+    kept = background_writer.undelivered_checkpoint(run_id) if run_id and not checkpoint else None
     kept = kept.resolve() if kept is not None and kept.is_file() else None
     names = objective_names(study)
     return {
         **_study_fields(study, storage_url, tracking_uri),
-        "metric": names[0] if len(names) > 1 else study.user_attrs.get(records.STUDY_METRIC),
+        "metric": names[0] if len(names) > 1 else study.user_attrs.get(record_keys.STUDY_METRIC),
         "direction": study.directions[0].name.lower(),
         "trial_number": trial.number,
         "value": trial.values[0],
@@ -182,9 +184,9 @@ def trial_record(study: optuna.Study, trial: optuna.trial.FrozenTrial | int, sto
 def _study_fields(study: optuna.Study, storage_url: str | None, tracking_uri: str) -> dict[str, Any]:
     return {
         "study_name": study.study_name,
-        "storage": study_mod.storage_label(storage_url),
+        "storage": stores.storage_label(storage_url),
         "tracking_uri": mask_url(tracking_uri),  # the record is printed and exported
-        "finished_trials": sum(1 for t in study.get_trials(deepcopy=False) if t.state in study_mod.FINISHED),
+        "finished_trials": sum(1 for t in study.get_trials(deepcopy=False) if t.state in trial_states.FINISHED),
     }
 
 
@@ -213,7 +215,7 @@ def _missing_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial, cl
         return f"trial {number} has no MLflow run"
     error = None
     try:
-        error = client.get_run(run_id).data.tags.get(records.TAG_CHECKPOINT_ERROR)
+        error = client.get_run(run_id).data.tags.get(record_keys.TAG_CHECKPOINT_ERROR)
     except Exception as exc:  # the store itself may be away: say so rather than guess
         if not kept:
             return f"the tracking store could not be asked about trial {number}'s checkpoint ({first_line(exc)})"
@@ -222,11 +224,11 @@ def _missing_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial, cl
         return f"trial {number}'s checkpoint never reached the tracking store{why}; a copy is kept at {kept}"
     if error:
         return f"trial {number}'s checkpoint could not be stored: {redact(error)}"
-    undelivered = [item for item in study.user_attrs.get(records.STUDY_UNDELIVERED) or []
+    undelivered = [item for item in study.user_attrs.get(record_keys.STUDY_UNDELIVERED) or []
                    if item.startswith(f"trial {number}'s checkpoint")]
     if undelivered:
         return f"trial {number}'s checkpoint was not delivered when its run ended: {undelivered[0]}"
-    if trial.user_attrs.get(records.ATTR_CHECKPOINT_PENDING):
+    if trial.user_attrs.get(record_keys.ATTR_CHECKPOINT_PENDING):
         return (f"trial {number}'s checkpoint is pending: it was being written when the trial was told, and the "
                 "tracking store does not have it (still being written, or its worker ended first)")
     return f"trial {number} logged no checkpoint (tracking.checkpoints is 'none' in its space file)"

@@ -11,7 +11,7 @@ against model_catalog.py (no torch import for a model it holds).
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.
 - sampler: tpe with seed 0, and any sampler without a seed gets seed 0, so runs reproduce.
-  Unless the file says, TPE's n_startup_trials follows n_trials (registry.tpe_startup_trials; the
+  Unless the file says, TPE's n_startup_trials follows n_trials (samplers.tpe_startup_trials; the
   file's values are kept as written, so a study resumed with more trials starts more at random).
 - pruner: median with n_warmup_steps 2. Steps are epochs completed (1-based), so this never
   judges a trial on its first epoch alone. With study.objectives: none (Optuna cannot prune those).
@@ -43,10 +43,10 @@ from hpsearch.core.hparams import (
     TRAIN_SETTINGS,
     natural_direction,
 )
-from hpsearch.search import registry
-from hpsearch.search.registry import PrunerSpec, SamplerSpec
-from hpsearch.spec import model_catalog, strict_yaml
+from hpsearch.search import samplers
+from hpsearch.spec import model_catalog, search_components, strict_yaml
 from hpsearch.spec.finetune_checks import check_finetuning
+from hpsearch.spec.search_components import PrunerSpec, SamplerSpec
 from hpsearch.spec.space import ParamSpec, check_plateau_gamma, parse_search_space
 from hpsearch.spec.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
@@ -215,7 +215,7 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
     if task.teacher is not None:
         for size in _choices_of("image_size", search_space, task.data.image_size):
             check_teacher(task.teacher, dataclasses.replace(task.data, image_size=size))
-    _probe(lambda: registry.build_sampler(study.sampler, search_space), "study.sampler")
+    _probe(lambda: samplers.build_sampler(study.sampler, search_space), "study.sampler")
     return Spec(
         study=study,
         task=task,
@@ -326,8 +326,8 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         default_pruner = PrunerSpec("median", {"n_warmup_steps": 2})
     pruner = _parse_pruner(raw.get("pruner"), "study.pruner", default_pruner)
     sampler = _parse_sampler(raw.get("sampler"), "study.sampler")
-    if objectives and sampler.name in registry.SINGLE_OBJECTIVE_SAMPLERS:
-        multi = [n for n in registry.SAMPLERS if n not in registry.SINGLE_OBJECTIVE_SAMPLERS]
+    if objectives and sampler.name in search_components.SINGLE_OBJECTIVE_SAMPLERS:
+        multi = [n for n in search_components.SAMPLERS if n not in search_components.SINGLE_OBJECTIVE_SAMPLERS]
         raise SpecError("study.sampler.name", f"{sampler.name} optimises one objective; with study.objectives use "
                                               f"one of {', '.join(multi)}")
     if objectives and pruner.name != "none":
@@ -400,8 +400,8 @@ def _named(raw: Any, path: str, what: str, table: dict) -> tuple[str, dict]:
 def _parse_sampler(raw: Any, path: str) -> SamplerSpec:
     if raw is None:
         raw = {"name": "tpe"}
-    name, kwargs = _named(raw, path, "sampler", registry.SAMPLERS)
-    registry.check_kwargs("sampler", name, kwargs, path)
+    name, kwargs = _named(raw, path, "sampler", search_components.SAMPLERS)
+    search_components.check_kwargs("sampler", name, kwargs, path)
     kwargs["seed"] = checks.seed(kwargs.get("seed", 0), f"{path}.seed")
     return SamplerSpec(name, kwargs)
 
@@ -409,14 +409,14 @@ def _parse_sampler(raw: Any, path: str) -> SamplerSpec:
 def _parse_pruner(raw: Any, path: str, default: PrunerSpec) -> PrunerSpec:
     if raw is None:
         return default
-    name, kwargs = _named(raw, path, "pruner", registry.PRUNERS)
+    name, kwargs = _named(raw, path, "pruner", search_components.PRUNERS)
     if name == "patient":
         kwargs["wrapped_pruner"] = _parse_pruner(
             kwargs.get("wrapped_pruner"), f"{path}.wrapped_pruner", PrunerSpec("none", {})
         )
-    registry.check_kwargs("pruner", name, kwargs, path)
+    search_components.check_kwargs("pruner", name, kwargs, path)
     pruner = PrunerSpec(name, kwargs)
-    _probe(lambda: registry.build_pruner(pruner), path)
+    _probe(lambda: samplers.build_pruner(pruner), path)
     return pruner
 
 

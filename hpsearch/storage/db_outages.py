@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.core.credentials import mask_url
 from hpsearch.core.errors import RunFailure
 from hpsearch.core.outages import GaveUp, OutageNotice, connect_deadline, first_line, patience
-from hpsearch.search import records
+from hpsearch.search import trial_access
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
@@ -210,7 +210,7 @@ class OutageProofStorage(BaseStorage):
             if attempts[0] > 1:
                 for trial in self._inner.get_all_trials(study_id, deepcopy=False):
                     if trial.system_attrs.get(CREATE_TOKEN_ATTR) == token:
-                        return records.trial_id(trial)
+                        return trial_access.trial_id(trial)
             return self._inner.create_new_trial(study_id, template_trial=template)
 
         return self._call(create)

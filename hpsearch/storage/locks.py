@@ -16,6 +16,8 @@ from typing import Any
 
 from hpsearch.core.credentials import mask_url
 from hpsearch.core.errors import RunFailure
+from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.storage.db_outages import connect_args, through_db_outage
 
 # Holders keep these locks for a moment (count the trials, ask one): ten minutes of waiting means a
 # holder that hangs, not a busy study.
@@ -76,7 +78,6 @@ def file_lock(path: str | Path, timeout: float = LOCK_TIMEOUT_SECONDS,
 def _engine(url: str) -> Any:
     import sqlalchemy
 
-    from hpsearch.storage.db_outages import connect_args
 
     engine = _ENGINES.get(url)
     if engine is None:
@@ -102,7 +103,7 @@ def postgres_lock(url: str, name: str, timeout: float = LOCK_TIMEOUT_SECONDS,
     """
     import sqlalchemy
 
-    from hpsearch.storage.db_outages import is_transient, through_db_outage
+    from hpsearch.storage.db_outages import is_transient
 
     engine = _engine(url)
     key = advisory_key(name)
@@ -177,3 +178,29 @@ def _holder(engine: Any, key: int) -> str:
     if row is None:
         return ""
     return f", held by PostgreSQL backend pid {row[0]}" + (f" (client {row[1]})" if row[1] else "")
+
+
+@contextmanager
+def budget_lock(storage_url: str | None, study_name: str, should_stop: Callable[[], bool] | None = None,
+                timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Make "count the finished and running trials, then ask one more" atomic across processes.
+
+    Several `hpsearch run` processes (on one machine, or on several sharing PostgreSQL) may work on
+    one study; without this, two of them can both see one trial left and both start it. Journal
+    files use a lock file beside the journal; PostgreSQL an advisory lock keyed by the study name.
+    Other storages (SQLite, MySQL, Redis) run unlocked: at worst one trial over the budget per
+    extra process.
+
+    The wait is interruptible: Ctrl-C, or `should_stop()` turning true (locks.LockWaitAborted), ends
+    it; after `timeout` seconds locks.LockTimeout names the lock. A PostgreSQL outage while waiting
+    is waited out; one while holding ends the lock with its session (see locks.postgres_lock).
+    """
+    url = storage_url or DEFAULT_STORAGE
+    if "://" not in url:
+        with file_lock(Path(url).resolve().with_suffix(f".{study_name}.lock"), timeout, should_stop):
+            yield
+    elif url.startswith("postgresql"):
+        with postgres_lock(url, study_name, timeout, should_stop):
+            yield
+    else:
+        yield

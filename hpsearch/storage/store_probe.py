@@ -70,7 +70,7 @@ def check_tracking(uri: str | None, needed: bool = True) -> None:
     `needed=False` (a command that can answer without it): a store that only does not answer is a
     warning on stderr, while one that refuses for good still fails.
     """
-    from hpsearch.tracking.tracker import DEFAULT_TRACKING_URI, prepare_local_store, resolve_uri, unreachable
+    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, prepare_local_store, resolve_uri, unreachable
 
     uri = resolve_uri(uri or DEFAULT_TRACKING_URI)
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
@@ -119,7 +119,7 @@ def _reason(exc: BaseException) -> str:
     import sqlalchemy.exc
 
     from hpsearch.storage.db_outages import driver_reason
-    from hpsearch.tracking.tracker import short_reason
+    from hpsearch.tracking.mlflow_client import short_reason
 
     if isinstance(exc, _Refused):
         return str(exc)

@@ -1,18 +1,9 @@
-"""Worker processes and the orchestrator: the parent hands out trials, the workers train them.
-
-The parent process owns the budget: it alone calls `study.ask()` (under the storage's own locking),
-so the study ends with exactly `n_trials` finished trials however many workers run. Each worker is a
-spawned process pinned to one device (CUDA_VISIBLE_DEVICES) that stays alive across trials, keeping
-its dataset on the device. Sampling happens in the worker at the first `suggest`, from the same
-sampler settings everywhere, seeded per trial number, so that trial n draws the same values whichever
-worker runs it (registry.study_sampler). The parent watches the workers: one that dies has its trial
-failed, its MLflow run closed as KILLED, the trial retried once with the same parameters, and is
-replaced. Slots (which device each worker gets) are planned in devices.py.
+"""The parent of a run: it asks Optuna for trials under the budget lock, hands them to worker slots, watches the
+workers (restarting one that dies, retrying its trial), and stops them cleanly on an interrupt.
 """
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
 import queue
@@ -25,13 +16,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.cli.live import LiveView
+from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure
-from hpsearch.core.hparams import TASK_CHOICES
+from hpsearch.core.record_keys import FailureKind
 from hpsearch.orchestration.devices import Slot
-from hpsearch.search import records
-from hpsearch.search.records import (
+from hpsearch.orchestration.events import (
     CheckpointFailed,
-    FailureKind,
     StoreNotice,
     TrialEnded,
     WorkerEvent,
@@ -42,155 +32,23 @@ from hpsearch.search.records import (
     WritesLost,
     WritesPending,
 )
-from hpsearch.spec.study_spec import Spec, with_task_choices
-from hpsearch.storage import db_outages
-from hpsearch.storage import study as study_mod
+from hpsearch.orchestration.worker import worker_main
+from hpsearch.search import trial_access, trial_states
+from hpsearch.spec.study_spec import Spec
+from hpsearch.storage import db_outages, locks, ownership, retries
 from hpsearch.storage.locks import LockWaitAborted
-from hpsearch.tracking import tracker as tracking
-
-# ------------------------------------------------------------------------------------------ worker
-
-
-def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: str, experiment_id: str,
-                parent_run_id: str, tasks: Any, events: Any) -> None:
-    """Entry point of a worker process: set up once, then train trial after trial until told to stop.
-
-    `spec` was validated by the parent; `tasks` brings trial ids (None: stop), `events` takes
-    (slot index, WorkerEvent) to the parent.
-    """
-    from hpsearch.core.interrupts import GUARD, Interrupted
-    from hpsearch.orchestration.objective import TrialContext, run_trial
-
-    parent = os.getppid()
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
-    # Workers are not daemons (a daemon may not start the DataLoader processes that decode image
-    # folders), so nothing ends them with the parent by itself: if the parent dies, even by SIGKILL,
-    # the kernel sends SIGTERM, which fails the trial in hand cleanly.
-    _term_when_parent_dies(parent)
-    from hpsearch.cli.live import quiet_libraries
-
-    quiet_libraries()
-    # "Waiting for the tracking server / the database" lines are shown by the parent, above its live view.
-    tracking.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
-    db_outages.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
-    try:
-        import torch
-
-        if slot.threads:
-            torch.set_num_threads(slot.threads)
-        if slot.memory_fraction and torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
-        from hpsearch.engine.train import graphs_disabled_reason
-        from hpsearch.search.registry import build_pruner, study_sampler
-
-        # Seeded per trial number (registry.study_sampler): the same draws whichever worker runs a trial.
-        sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
-        study = optuna.load_study(
-            study_name=spec.study.name,
-            storage=study_mod.open_storage(storage_url),
-            sampler=sampler,
-            pruner=build_pruner(spec.study.pruner),
-        )
-        context = TrialContext(
-            spec=spec,
-            study=study,
-            client=tracking.client_for(tracking_uri),
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            device="cpu" if slot.gpu is None else "cuda",
-            on_event=lambda event: events.put((slot.index, event)),
-        )
-        message = _warm_up(spec, context.device)
-        if message:
-            context.on_event(WorkerFatal(message))
-            return
-        # Everything alive now (libraries, the dataset) lives as long as the worker: move it out of
-        # the collector's sight, so the collection after each trial scans only that trial's objects
-        # (~600k objects, 0.35 s a trial, otherwise).
-        gc.freeze()
-        context.on_event(WorkerReady())
-        while True:
-            trial_id = _next_task(tasks, parent)
-            if trial_id is None:
-                break
-            outcome = run_trial(context, trial_id)
-            context.on_event(WorkerFree(outcome.number))
-            broken = graphs_disabled_reason()
-            if broken:
-                # A failed CUDA graph capture can leave the CUDA context degraded for the process's
-                # life: hand the slot to a fresh process instead of training on in this one.
-                context.on_event(WorkerRetiring(f"CUDA graph capture failed ({broken})"))
-                break
-    except (Interrupted, KeyboardInterrupt):
-        pass
-    finally:
-        # Runs closed on the writer thread are closed before the worker exits; through an outage of
-        # the tracking store it waits a while, counting down, then names what it could not deliver.
-        lost = tracking.drain(tracking.drain_seconds(),
-                              on_tick=lambda count, left: events.put((slot.index, WritesPending(count, left))))
-        if lost:
-            events.put((slot.index, WritesLost([item.describe() for item in lost])))
-
-
-PARENT_CHECK_SECONDS = 2.0
-
-
-def _next_task(tasks: Any, parent: int) -> int | None:
-    """The next trial id from the parent; None when told to stop or when the parent is gone."""
-    while True:
-        try:
-            return tasks.get(timeout=PARENT_CHECK_SECONDS)
-        except queue.Empty:
-            if os.getppid() != parent:  # re-parented: the orchestrator died (where no death signal came)
-                return None
-
-
-def _term_when_parent_dies(parent: int) -> None:
-    """Ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere _next_task polls."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _warm_up(spec: Spec, device: str) -> str | None:
-    """Load the dataset onto the device and check the weights once, before the first trial.
-
-    A missing dataset or weights file would fail every trial the same way: report it once instead.
-    """
-    from hpsearch.engine.data import DatasetNotFound
-    from hpsearch.engine.models import WeightsNotAvailable, build_model
-    from hpsearch.orchestration.builders import load_task_data
-
-    searched = {k: spec.search_space[k].options for k in TASK_CHOICES if k in spec.search_space}
-    try:
-        # One input size is enough to find the dataset; each searched backbone's weights are fetched once here.
-        load_task_data(with_task_choices(spec, {k: v[0] for k, v in searched.items()}), device)
-        if spec.task.model.weights not in ("none", None):
-            for name in searched.get("model", (spec.task.model.name,)):
-                build_model(name, 10, weights=spec.task.model.weights)
-    except (DatasetNotFound, WeightsNotAvailable) as exc:
-        return str(exc)
-    return None
-
+from hpsearch.tracking import study_runs
 
 # ------------------------------------------------------------------------------------------ parent
 
 
 def reap_and_close(study: optuna.Study, tracking_uri: str) -> list[FrozenTrial]:
     """Fail the RUNNING trials whose owner is gone and close their MLflow runs as KILLED."""
-    reaped = study_mod.reap_orphans(study)
+    reaped = ownership.reap_orphans(study)
     for t in reaped:
-        run_id = t.user_attrs.get(records.ATTR_RUN_ID)
+        run_id = t.user_attrs.get(record_keys.ATTR_RUN_ID)
         if run_id:
-            tracking.close_killed_run(tracking_uri, run_id, "its worker process was gone")
+            study_runs.close_killed_run(tracking_uri, run_id, "its worker process was gone")
     return reaped
 
 
@@ -287,18 +145,18 @@ class Orchestrator:
 
     def _budget_left(self) -> tuple[bool, bool]:
         """(done, may_start): done when the budget is met; may_start when one more trial fits it."""
-        counts = study_mod.count_states(self.study)
-        finished = sum(counts[s] for s in study_mod.FINISHED)
+        counts = trial_states.count_states(self.study)
+        finished = sum(counts[s] for s in trial_states.FINISHED)
         if finished >= self.spec.study.n_trials:
             return True, False
         return False, finished + counts[TrialState.RUNNING] < self.spec.study.n_trials
 
     def _dispatch(self, handle: WorkerHandle) -> None:
         trial = self.study.ask()
-        slot = {records.ATTR_SLOT: f"{handle.slot.label} #{handle.slot.index}"}  # the report's timeline rows
-        for key, value in (study_mod.owner_attrs() | slot).items():
+        slot = {record_keys.ATTR_SLOT: f"{handle.slot.label} #{handle.slot.index}"}  # the report's timeline rows
+        for key, value in (ownership.owner_attrs() | slot).items():
             trial.set_user_attr(key, value)
-        handle.trial_id, handle.trial_number = records.trial_id(trial), trial.number
+        handle.trial_id, handle.trial_number = trial_access.trial_id(trial), trial.number
         handle.tasks.put(handle.trial_id)
         self.live.assign(handle.slot, trial.number)
 
@@ -306,7 +164,7 @@ class Orchestrator:
         """Hand a new trial to each idle worker while the budget allows (under the budget lock)."""
         for handle in self.workers.values():
             if handle.ready and handle.trial_id is None and may_start:
-                with study_mod.budget_lock(self.storage_url, self.study.study_name,
+                with locks.budget_lock(self.storage_url, self.study.study_name,
                                            should_stop=lambda: self.stop_requested):
                     done, may_start = self._budget_left()  # fresh, under the lock
                     if may_start:
@@ -316,14 +174,14 @@ class Orchestrator:
         """The worker died with a trial in hand: fail it, close its run, retry it once."""
         trial_id = handle.trial_id
         assert trial_id is not None, "only a busy worker has a trial to fail"
-        frozen = records.get_trial(self.study, trial_id)
+        frozen = trial_access.get_trial(self.study, trial_id)
         if frozen.state == TrialState.RUNNING:
-            records.fail_trial(self.study, frozen, reason, failure)
-            run_id = frozen.user_attrs.get(records.ATTR_RUN_ID)
+            trial_access.fail_trial(self.study, frozen, reason, failure)
+            run_id = frozen.user_attrs.get(record_keys.ATTR_RUN_ID)
             if run_id:
-                tracking.close_killed_run(self.tracking_uri, run_id, reason)
-            frozen = records.get_trial(self.study, trial_id)
-            if not self.stop_requested and study_mod.enqueue_retry(self.study, frozen):
+                study_runs.close_killed_run(self.tracking_uri, run_id, reason)
+            frozen = trial_access.get_trial(self.study, trial_id)
+            if not self.stop_requested and retries.enqueue_retry(self.study, frozen):
                 self.live.message(f"trial {frozen.number} will be retried once with the same parameters")
             self.live.trial_ended(handle.slot, frozen.number, "FAIL", None, reason)
         handle.trial_id = handle.trial_number = None
@@ -387,10 +245,10 @@ class Orchestrator:
                       and h.trial_id is not None]
         if not neighbours or handle.trial_id is None or self.stop_requested:
             return
-        frozen = records.get_trial(self.study, handle.trial_id)
+        frozen = trial_access.get_trial(self.study, handle.trial_id)
         reason = (f"out of memory on {handle.slot.label} while {len(neighbours)} other trial(s) shared it; "
                   "retried once with the same parameters")
-        if frozen.state == TrialState.FAIL and study_mod.enqueue_retry(self.study, frozen, reason):
+        if frozen.state == TrialState.FAIL and retries.enqueue_retry(self.study, frozen, reason):
             self.live.message(f"trial {frozen.number}: {reason}")
 
     def _count_outcome(self, state: str, reason: str | None) -> None:
@@ -421,18 +279,18 @@ class Orchestrator:
     def _keep_alive(self, busy: list[WorkerHandle], may_start: bool) -> None:
         """Beat the heartbeat of our trials; when waiting on others' trials, reap the dead ones."""
         now = time.monotonic()
-        if now - self.last_beat < study_mod.HEARTBEAT_SECONDS:
+        if now - self.last_beat < ownership.HEARTBEAT_SECONDS:
             return
         self.last_beat = now
-        study_mod.beat(self.study, [h.trial_id for h in busy if h.trial_id is not None])
+        ownership.beat(self.study, [h.trial_id for h in busy if h.trial_id is not None])
         if not may_start:  # the budget waits on RUNNING trials: some may belong to a dead machine
             # Under the budget lock: two runs reaping the same trial must not both enqueue its retry.
             try:
-                with study_mod.budget_lock(self.storage_url, self.study.study_name,
+                with locks.budget_lock(self.storage_url, self.study.study_name,
                                            should_stop=lambda: self.stop_requested):
                     for t in reap_and_close(self.study, self.tracking_uri):
                         self.live.message(f"trial {t.number}: its owner is gone; marked FAIL")
-                        study_mod.enqueue_retry(self.study, t)
+                        retries.enqueue_retry(self.study, t)
             except LockWaitAborted:
                 return
 
@@ -454,7 +312,7 @@ class Orchestrator:
                 handle.process.kill()
                 handle.process.join(5)
             if handle.trial_id is not None:
-                frozen = records.get_trial(self.study, handle.trial_id)
+                frozen = trial_access.get_trial(self.study, handle.trial_id)
                 if frozen.state == TrialState.RUNNING:
                     reason = "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
                     self._fail_orphan(handle, reason, FailureKind.INTERRUPTED)
@@ -497,7 +355,7 @@ class Orchestrator:
                 signal.signal(s, handler)
         if self.fatal:
             raise RunFailure(self.fatal)
-        counts = study_mod.count_states(self.study)
+        counts = trial_states.count_states(self.study)
         summary = RunSummary(
             finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
             complete=counts[TrialState.COMPLETE],
@@ -510,7 +368,7 @@ class Orchestrator:
             undelivered=list(self.undelivered),
         )
         if counts[TrialState.COMPLETE] and len(self.study.directions) > 1:
-            summary.pareto_front = [t.number for t in study_mod.pareto_front(self.study)]
+            summary.pareto_front = [t.number for t in trial_states.pareto_front(self.study)]
         elif counts[TrialState.COMPLETE]:
             best = self.study.best_trial
             summary.best_value, summary.best_trial = best.value, best.number

@@ -1,0 +1,70 @@
+"""The names hpsearch records under, in one place: Optuna user attributes, study attributes, MLflow tags,
+model-version tags, and why a trial failed.
+
+Their values are users' data, read by `status`, `best`, later runs and other tools: never change them.
+Nothing here imports anything (the trainer's side and the spec may read them).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# ---------------------------------------------------------------- Optuna trial user attributes
+
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_HOST = "hpsearch.host"
+ATTR_OWNER_PID = "hpsearch.owner_pid"
+ATTR_OWNER_START = "hpsearch.owner_started"
+ATTR_WORKER_PID = "hpsearch.worker_pid"
+ATTR_SLOT = "hpsearch.slot"  # the device slot that ran it: "cuda:0 #1" (its device, then its slot index)
+ATTR_HEARTBEAT = "hpsearch.heartbeat"
+ATTR_EPOCHS = "hpsearch.epochs"  # epochs done, where Optuna keeps no intermediate values (multi-objective trials)
+ATTR_FAIL_REASON = "fail_reason"
+ATTR_FAILURE = "hpsearch.fail_kind"  # a FailureKind value
+ATTR_RETRY_OF = "hpsearch.retry_of"
+ATTR_RETRY_REASON = "hpsearch.retry_reason"
+# True on a COMPLETE trial told before its checkpoint was stored (it is written afterwards, on the
+# worker's writer thread): where MLflow lacks it, `best` says why instead of guessing.
+ATTR_CHECKPOINT_PENDING = "hpsearch.checkpoint_pending"
+
+# ---------------------------------------------------------------- Optuna study user attributes
+
+STUDY_SPACE_FILE = "hpsearch.space_file"
+STUDY_SPEC = "hpsearch.spec"  # the resolved spec, Spec.to_dict()
+STUDY_METRIC = "hpsearch.metric"
+STUDY_TRACKING_URI = "hpsearch.tracking_uri"
+STUDY_UNDELIVERED = "hpsearch.undelivered"  # MLflow writes the last run could not deliver: [description]
+
+# ---------------------------------------------------------------- MLflow run tags
+
+TAG_ROLE = "hpsearch.role"  # "study", "trial" or "train"
+TAG_STATE = "hpsearch.state"
+TAG_FAIL_REASON = "hpsearch.fail_reason"
+TAG_CHECKPOINT_ERROR = "hpsearch.checkpoint_error"
+TAG_STUDY = "optuna.study_name"
+TAG_TRIAL = "optuna.trial_number"
+TAG_PARENT = "mlflow.parentRunId"
+MAX_TAG_CHARS = 4000
+
+# ---------------------------------------------------------------- MLflow model version tags (`best --register`)
+
+MODEL_TAG_METRIC = "hpsearch.metric"  # the study's metric name
+MODEL_TAG_VALUE = "hpsearch.value"  # the winner's value of it
+
+# Optuna trial state → MLflow run status.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+class FailureKind(StrEnum):
+    """Why a trial failed, kept in ATTR_FAILURE."""
+
+    ERROR = "error"  # an exception in the trial
+    NONFINITE = "nonfinite"  # the loss became nan or inf
+    OOM = "oom"  # out of memory
+    INTERRUPTED = "interrupted"  # the run was stopped (Ctrl-C, SIGTERM)
+    KILLED = "killed"  # its worker process died
+    REAPED = "reaped"  # its owner was gone, found by a later run
+
+
+# Failures from outside the trial itself: such a trial is retried with the same parameters (study.RETRIES_ALLOWED).
+RETRIED_FAILURES = (FailureKind.KILLED, FailureKind.REAPED, FailureKind.INTERRUPTED)
