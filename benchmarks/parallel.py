@@ -154,6 +154,7 @@ SMALL_SPACE = {
 
 def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: dict | None = None,
                details: bool = False) -> dict:
+    from hpsearch.cli.live import LiveView
     from hpsearch.orchestration.runner import run_study
     from hpsearch.spec.study_spec import parse_spec
 
@@ -168,7 +169,8 @@ def throughput(n_trials: int, workers: list[int], devices: str = "cpu", space: d
             try:
                 spec = parse_spec(data)
                 t0 = time.perf_counter()
-                summary = run_study(spec, interactive=False)
+                summary = run_study(spec, LiveView(spec.study.metric, spec.study.direction, spec.study.n_trials,
+                                                   interactive=False))
                 seconds = time.perf_counter() - t0
                 if details:  # epochs actually trained (pruned trials stop early) and the best value
                     import optuna

@@ -103,7 +103,7 @@ def test_an_unreachable_tracking_server_error_never_shows_its_password(write_spa
 def test_ui_banner_and_command_line_hide_the_password(capsys, monkeypatch, workdir):
     from hpsearch.cli import ui
     from hpsearch.cli.main import main
-    from hpsearch.storage import store_probe
+    from hpsearch.tracking import probe
 
     from .support import free_port
 
@@ -128,7 +128,7 @@ def test_ui_banner_and_command_line_hide_the_password(capsys, monkeypatch, workd
     monkeypatch.setattr(ui.subprocess, "Popen", popen)
     monkeypatch.setattr(ui, "answers", lambda url: True)
     monkeypatch.setattr(ui, "end_tree", lambda proc, hurry=None: None)
-    monkeypatch.setattr(store_probe, "check_tracking", lambda uri, needed=True: None)  # the store is fake too
+    monkeypatch.setattr(probe, "check_tracking", lambda uri, needed=True: None)  # the store is fake too
     with pytest.raises(SystemExit):
         main(["ui", "--tracking-uri", store, "--port", str(free_port())])
     out, err = capsys.readouterr()
@@ -271,8 +271,8 @@ def mlflow_store(tmp_path_factory):
 @pytest.mark.parametrize("text", [c[1] for c in SPACE_SECRETS], ids=[c[0] for c in SPACE_SECRETS])
 def test_the_space_artifact_masks_every_store_password(fresh_process, mlflow_store, tmp_path, text):
     from hpsearch.core import credentials, record_keys
-    from hpsearch.core.credentials import masked_spec
     from hpsearch.reporting import parent_run as study_story
+    from hpsearch.spec.redaction import masked_spec
     from hpsearch.spec.study_spec import load_spec
 
     db, client = mlflow_store

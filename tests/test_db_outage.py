@@ -17,11 +17,12 @@ import yaml
 from optuna.trial import TrialState
 
 from hpsearch.core import record_keys
+from hpsearch.core.db_errors import is_transient
 from hpsearch.core.errors import RunFailure
+from hpsearch.core.lock_waits import LockTimeout, LockWaitAborted
 from hpsearch.search import trial_access
 from hpsearch.storage import db_outages, locks, ownership, stores
-from hpsearch.storage.db_outages import OutageProofStorage, is_transient
-from hpsearch.storage.locks import LockTimeout, LockWaitAborted
+from hpsearch.storage.db_outages import OutageProofStorage
 
 from .pg_cluster import PrivateCluster, missing_reason
 from .support import REPO, TINY_SPACE, merge

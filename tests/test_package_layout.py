@@ -74,7 +74,7 @@ def _import_without(blocked: tuple[str, ...], modules: tuple[str, ...]) -> subpr
       "hpsearch.core.hparams")),
     # The spec imports without torch or Optuna (Optuna is loaded to check and build a sampler, not to import).
     ((*WITHOUT_TORCH, "optuna"), ("hpsearch.spec.study_spec", "hpsearch.core.data_config",
-                                  "hpsearch.spec.search_components", "hpsearch.spec.model_catalog")),
+                                  "hpsearch.search.components", "hpsearch.spec.model_catalog")),
 ], ids=["trainer-torch-only", "spec-torch-free"])
 def test_layers_import_only_what_they_need(blocked, modules):
     result = _import_without(blocked, modules)

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from hpsearch.cli.live import LiveView
 from hpsearch.core import record_keys
+from hpsearch.core.outages import short_reason
 from hpsearch.core.record_keys import FailureKind
 from hpsearch.orchestration.devices import plan_slots
 from hpsearch.orchestration.events import (
@@ -277,4 +278,4 @@ def test_only_an_unreachable_store_is_waited_for(error, waits, said):
     """An outage is waited out; a refusal (bad input, a missing run) fails at once, as it always did."""
     assert mlflow_client.unreachable(error) is waits
     if said:
-        assert mlflow_client.short_reason(error) == said
+        assert short_reason(error) == said

@@ -1,6 +1,6 @@
 """A store that was never there fails in seconds: one line naming its option, exit 2, no password.
 
-The start-up probe (hpsearch.storage.store_probe) against the real PostgreSQL, a private cluster that checks
+The start-up probe (hpsearch.core.store_contact) against the real PostgreSQL, a private cluster that checks
 passwords, a real `mlflow server`, and tiny loopback servers that are not MLflow or never answer.
 HPSEARCH_OUTAGE_SECONDS stays at 900 throughout: nothing here may wait for it.
 
@@ -21,10 +21,12 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
+from hpsearch.core import store_contact
+from hpsearch.core.db_errors import connect_args, is_transient
 from hpsearch.core.outages import CONNECT_ENV
-from hpsearch.storage import store_probe
-from hpsearch.storage.db_outages import DatabaseRefused, OutageProofStorage, connect_args, is_transient
-from hpsearch.tracking import mlflow_client
+from hpsearch.orchestration import preflight
+from hpsearch.storage.db_outages import DatabaseRefused, OutageProofStorage
+from hpsearch.tracking import mlflow_client, probe
 
 from .conftest import PG_ADMIN, MlflowServers
 from .pg_cluster import PrivateCluster, missing_reason
@@ -257,19 +259,19 @@ def real_mlflow(tmp_path_factory):
 def test_real_stores_pass_the_probe_at_once(real_mlflow, postgres_url, project, monkeypatch):
     monkeypatch.setenv(CONNECT_ENV, "30")
     started = time.monotonic()
-    store_probe.check_stores(postgres_url, real_mlflow)
-    store_probe.check_stores(None, None)  # the defaults: studies/journal.log and sqlite:///mlruns/mlflow.db
-    store_probe.check_tracking(postgres_url)  # a database-backed tracking store
+    preflight.check_stores(postgres_url, real_mlflow)
+    preflight.check_stores(None, None)  # the defaults: studies/journal.log and sqlite:///mlruns/mlflow.db
+    probe.check_tracking(postgres_url)  # a database-backed tracking store
     assert time.monotonic() - started < AT_ONCE_SECONDS * 2
 
 
 def test_a_command_that_can_do_without_mlflow_warns_and_goes_on(places, project, monkeypatch, capsys):
     """`best` answers from the study (and checkpoints kept locally) while the tracking server is away."""
     monkeypatch.setenv(CONNECT_ENV, str(DEADLINE))
-    store_probe.check_tracking(f"http://127.0.0.1:{places['closed']}", needed=False)
+    probe.check_tracking(f"http://127.0.0.1:{places['closed']}", needed=False)
     assert "warning: --tracking-uri" in capsys.readouterr().err
-    with pytest.raises(store_probe.StoreUnusable, match="not an MLflow"):  # a wrong URL is still an error
-        store_probe.check_tracking(places["web"], needed=False)
+    with pytest.raises(store_contact.StoreUnusable, match="not an MLflow"):  # a wrong URL is still an error
+        probe.check_tracking(places["web"], needed=False)
 
 
 # ---------------------------------------------------------------- after the store answered

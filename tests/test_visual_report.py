@@ -17,9 +17,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from hpsearch.cli.live import LiveView
 from hpsearch.cli.main import main
 from hpsearch.core import record_keys
-from hpsearch.orchestration import runner
 from hpsearch.reporting import parent_run as study_story
 from hpsearch.reporting.html_report import REPORT_PAGE, write_report
 from hpsearch.tracking.mlflow_client import client_for
@@ -115,7 +115,8 @@ def test_a_failing_report_at_the_end_of_a_run_is_one_warning_line(monkeypatch, c
     monkeypatch.setattr(study_story, "publish", broken)
     spec = SimpleNamespace(tracking=SimpleNamespace(uri="sqlite:///x.db"), study=SimpleNamespace(name="s"))
     tracker = SimpleNamespace(client=None, experiment_id="1")
-    runner._publish_report(spec, optuna.create_study(), tracker, "run-id")  # returns: the run goes on to exit 0
+    said = LiveView("val_accuracy", "maximize", 1, interactive=False)
+    study_story.publish_run_report(spec, optuna.create_study(), tracker, "run-id", said.say)  # returns: exit 0 follows
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
         "WARNING: the study report was not written: OSError: No space left on device"]

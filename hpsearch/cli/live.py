@@ -19,21 +19,6 @@ from hpsearch.orchestration.devices import Slot
 from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
 
 
-def quiet_libraries() -> None:
-    """Optuna's and MLflow's INFO chatter (study created, tables created) would bury hpsearch's own lines."""
-    import logging
-    import os
-
-    # MLflow sets its logger's level when imported, from this variable; spawned workers inherit it.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # Offline machines are the norm for tests and clusters: never phone home.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import optuna.logging
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 @dataclass
 class SlotState:
     label: str
@@ -111,6 +96,9 @@ class LiveView:
         why = f" ({reason.splitlines()[0]})" if reason else ""
         self._line(f"[{s.label}#{slot.index}] trial {number} {state} {self.metric}={_fmt(value)}{why} — "
                    f"{self._counts_text()}")
+
+    def say(self, text: str, err: bool = False) -> None:
+        click.echo(text, err=err)
 
     def message(self, text: str) -> None:
         self._line(text)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import click
 
-from hpsearch.core.credentials import STORAGE_ENV, TRACKING_ENV, masked_spec, redact, usable_url
+from hpsearch.core.credentials import STORAGE_ENV, TRACKING_ENV, redact, usable_url
 from hpsearch.core.errors import RunFailure, UsageError
 from hpsearch.core.terminal import escaped
+from hpsearch.spec.redaction import masked_spec
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -138,15 +139,18 @@ def cli() -> None:
 @storage_options
 def run(space, n_trials, timeout, devices, trials_per_device, study_name, seed, storage, tracking_uri):
     """Create or resume the study in SPACE and run its remaining trials."""
+    from hpsearch.cli.live import LiveView
+    from hpsearch.orchestration.preflight import check_stores
     from hpsearch.orchestration.runner import run_study
-    from hpsearch.storage.store_probe import check_stores
+    from hpsearch.reporting.parent_run import publish_run_report
 
     spec = _load_spec(
         space, n_trials=n_trials, timeout=timeout, devices=devices, trials_per_device=trials_per_device,
         study_name=study_name, seed=seed, storage=storage, tracking_uri=tracking_uri,
     )
     check_stores(spec.study.storage, spec.tracking.uri)  # a store never there fails in seconds, not 15 minutes
-    summary = run_study(spec)
+    summary = run_study(spec, LiveView(spec.study.metric, spec.study.direction, spec.study.n_trials),
+                        publish=publish_run_report)
     if summary.interrupted:
         click.echo(
             f"interrupted: {summary.finished} finished trials are kept; run the same command again to resume",
@@ -276,7 +280,7 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     """The best trial (value, params, trial number, MLflow run id, checkpoint), or a multi-objective study's
     Pareto front."""
     from hpsearch.results.tables import best_record, pareto_record, trial_record
-    from hpsearch.storage.store_probe import check_tracking
+    from hpsearch.tracking.probe import check_tracking
 
     study, storage, uri = _resolve_study(space, study_name, storage, tracking_uri)
     check_tracking(uri, needed=register_name is not None)  # the rest is answered from the study (and local copies)
@@ -360,8 +364,8 @@ def compress(space, study_name, storage, tracking_uri, trial_number, prune_amoun
     from hpsearch.results.export import check_export_dir, export_best
     from hpsearch.results.retrain import pick_device
     from hpsearch.results.tables import best_record, trial_record
-    from hpsearch.storage.store_probe import check_tracking
     from hpsearch.storage.stores import study_dir
+    from hpsearch.tracking.probe import check_tracking
 
     options = CompressOptions(prune_amount, quantize, finetune_epochs, "cpu")
     options.check()  # before the study is opened
@@ -448,7 +452,7 @@ def report(space, study_name, storage, tracking_uri, out_dir):
     """The study's plots and trials as one HTML page and PNGs, also attached to its MLflow parent run."""
     from hpsearch.reporting.html_report import default_report_dir
     from hpsearch.reporting.parent_run import publish
-    from hpsearch.storage.store_probe import check_tracking
+    from hpsearch.tracking.probe import check_tracking
 
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():  # refused before any work is done
         raise UsageError(f"--out: {out_dir} is a file, not a folder")
@@ -469,8 +473,8 @@ def report(space, study_name, storage, tracking_uri, out_dir):
 def train(config, device, output, tracking_uri):
     """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
     from hpsearch.results.retrain import pick_device, train_config
-    from hpsearch.storage.store_probe import check_tracking
     from hpsearch.storage.stores import study_dir
+    from hpsearch.tracking.probe import check_tracking
 
     spec = _load_spec(config, tracking_uri=tracking_uri)
     check_tracking(spec.tracking.uri)
@@ -500,8 +504,8 @@ def ui(port, host, tracking_uri):
     """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
     from hpsearch.cli.ui import serve_ui, study_pages
     from hpsearch.storage import last_run
-    from hpsearch.storage.store_probe import check_tracking
     from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI
+    from hpsearch.tracking.probe import check_tracking
 
     pages = None
     if last_run.last_run() is not None:
@@ -527,7 +531,7 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every domain error becomes one line on stderr with its exit code, never a traceback."""
-    from hpsearch.cli.live import quiet_libraries
+    from hpsearch.orchestration.quiet_libraries import quiet_libraries
 
     quiet_libraries()
     SpecError = _spec_error_type()

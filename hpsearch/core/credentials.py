@@ -13,14 +13,9 @@ the space file kept with a study is parsed, and its URL values are rewritten mas
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from hpsearch.spec.study_spec import Spec
+from typing import Any
 
 STORAGE_ENV = "HPSEARCH_STORAGE"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -132,51 +127,15 @@ def learn(data: Any) -> None:
         elif isinstance(item, list | tuple):
             stack.extend(item)
         elif isinstance(item, str):
-            _learn(item)
+            learn_text(item)
 
 
-def _learn(text: str) -> None:
+def learn_text(text: str) -> None:
     # The whole value as one URL (a password may hold a space), and each URL of a value that is prose.
     for candidate in (text, *text.split()):
         if "://" in candidate:
             for secret in secrets_of(candidate):
                 _remember(secret)
-
-
-def masked_space_file(path: str) -> str | None:
-    """The space file at `path` as it may be stored (the parent run's `space/` artifact), masked by value: parsed,
-    each string holding :// rewritten with its URLs masked, then every secret those hold hidden wherever else it
-    shows (a comment, another value). None when the file cannot be read or parsed (moved or edited since the
-    run): nothing in it could then be told apart from a secret."""
-    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
-    from hpsearch.core.checks import SpecError
-    from hpsearch.spec import strict_yaml
-
-    try:
-        text = strict_yaml.read_text(path)
-        root = strict_yaml.compose(text, path)
-    except SpecError:
-        return None
-    urls: list[ScalarNode] = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, MappingNode):
-            stack.extend(part for pair in node.value for part in pair)
-        elif isinstance(node, SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, ScalarNode) and "://" in node.value:
-            _learn(node.value)
-            urls.append(node)
-    for node in sorted(urls, key=lambda n: n.start_mark.index, reverse=True):  # from the end: indices hold
-        masked = redact(mask_url(node.value) or "")
-        if masked != node.value:
-            start, end = node.start_mark.index, node.end_mark.index
-            span = text[start:end]
-            # A JSON string is a YAML double-quoted one; a block scalar's span ends with its line breaks.
-            text = text[:start] + json.dumps(masked) + span[len(span.rstrip()):] + text[end:]
-    return redact(text)
 
 
 def _strip_userinfo(url: str) -> str:
@@ -221,13 +180,4 @@ def usable_url(url: str | None, env: str, *candidates: str | None) -> str | None
     # URL.set() ignores None, so the password is dropped by building the URL again without it.
     return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
         hide_password=False
-    )
-
-
-def masked_spec(spec: Spec) -> Spec:
-    """The spec as it may be stored or exported: store URLs masked."""
-    return dataclasses.replace(
-        spec,
-        study=dataclasses.replace(spec.study, storage=mask_url(spec.study.storage)),
-        tracking=dataclasses.replace(spec.tracking, uri=mask_url(spec.tracking.uri) or spec.tracking.uri),
     )

@@ -7,13 +7,14 @@ input (a 4xx answer, a missing run) fails at once, as it would on the first try.
 
 That patience is for a server that answered in this run and then went away. A store that never
 answered is given `connect_deadline()` seconds (HPSEARCH_CONNECT_TIMEOUT, default 5) by the
-start-up probe (hpsearch.storage.store_probe), which is also each connection attempt's own timeout.
+start-up probe (hpsearch.core.store_contact), which is also each connection attempt's own timeout.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -131,3 +132,17 @@ class OutageNotice:
         if shown:
             self.sink(self.back(what, time.monotonic() - started))
         return result
+
+
+def short_reason(exc: BaseException) -> str:
+    """Why the store could not be reached, in a few words (requests' own text runs to several hundred)."""
+    text = str(exc)
+    answered = re.search(r"too many (\d{3}) error responses", text)
+    if answered:  # the server is up, its own store is not (MLflow's client retried its 5xx answers)
+        return f"the server answered {answered.group(1)}"
+    for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                         ("Name or service not known", "unknown host"), ("Connection reset", "connection reset"),
+                         ("RemoteDisconnected", "connection closed by the server")):
+        if needle in text:
+            return said
+    return first_line(exc)[:200]

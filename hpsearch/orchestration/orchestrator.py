@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.cli.live import LiveView
 from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure
+from hpsearch.core.lock_waits import LockWaitAborted
 from hpsearch.core.record_keys import FailureKind
 from hpsearch.orchestration.devices import Slot
 from hpsearch.orchestration.events import (
@@ -32,11 +32,11 @@ from hpsearch.orchestration.events import (
     WritesLost,
     WritesPending,
 )
+from hpsearch.orchestration.progress import Progress
 from hpsearch.orchestration.worker import worker_main
 from hpsearch.search import trial_access, trial_states
 from hpsearch.spec.study_spec import Spec
 from hpsearch.storage import db_outages, locks, ownership, retries
-from hpsearch.storage.locks import LockWaitAborted
 from hpsearch.tracking import study_runs
 
 # ------------------------------------------------------------------------------------------ parent
@@ -88,7 +88,7 @@ class Orchestrator:
     MIN_FAILURES_IN_A_ROW = 5
 
     def __init__(self, spec: Spec, study: optuna.Study, slots: list[Slot], storage_url: str | None,
-                 tracking_uri: str, experiment_id: str, parent_run_id: str, live: LiveView):
+                 tracking_uri: str, experiment_id: str, parent_run_id: str, live: Progress):
         self.spec = spec
         self.study = study
         self.slots = slots

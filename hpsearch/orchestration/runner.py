@@ -1,28 +1,36 @@
-"""`hpsearch run`: create or resume the study, repair what a dead run left, run the budget, close up."""
+"""`hpsearch run`: create or resume the study, repair what a dead run left, run the budget, close up.
+
+What it says goes through a Progress (the command line's live view); what it publishes when the budget is done (the
+HTML report, the parent run's story) is the caller's `publish`: orchestration knows neither click nor the report.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-import click
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.cli.live import LiveView
 from hpsearch.core import record_keys
-from hpsearch.core.credentials import mask_url, masked_spec, redact
+from hpsearch.core.credentials import mask_url, redact
 from hpsearch.core.errors import RunFailure
-from hpsearch.core.outages import GaveUp, first_line
+from hpsearch.core.outages import GaveUp, first_line, short_reason
 from hpsearch.orchestration.devices import plan_slots
 from hpsearch.orchestration.orchestrator import Orchestrator, RunSummary, reap_and_close
+from hpsearch.orchestration.progress import Progress
 from hpsearch.search import trial_states
 from hpsearch.search.samplers import build_pruner, study_sampler
+from hpsearch.spec.redaction import masked_spec
 from hpsearch.spec.study_spec import Spec
 from hpsearch.storage import last_run, locks, retries, stores
 from hpsearch.tracking import background_writer, mlflow_client, study_runs
 
+# After a run that finished its budget: (spec, study, tracker, parent run id, where to say things).
+Publisher = Callable[[Spec, optuna.Study, study_runs.StudyTracker, str, Callable[[str, bool], None]], None]
 
-def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
+
+def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) -> RunSummary:
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
     # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
@@ -48,13 +56,13 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device, trials_left=n - finished)
     where = stores.storage_label(storage_url)
     if resumed:
-        click.echo(
+        progress.say(
             f"resuming study {spec.study.name!r} ({where}): {finished}/{n} finished, "
             f"{counts[TrialState.FAIL]} failed" + (f"; reaped {len(reaped)} orphaned trial(s)" if reaped else "")
             + (f"; retrying trial(s) {', '.join(map(str, retried))}" if retried else "")
         )
     else:
-        click.echo(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
+        progress.say(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
 
     try:  # waits through an outage of the tracking store, saying so, up to HPSEARCH_OUTAGE_SECONDS
         study_tracker = study_runs.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
@@ -66,14 +74,12 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         last_run.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
     )
 
-    live = LiveView(spec.study.metric, spec.study.direction, n)
-    if interactive is not None:
-        live.interactive = interactive
+    live = progress
     best_value = best_trial = None
     if counts[TrialState.COMPLETE] and not spec.study.multi:
         best_value, best_trial = study.best_trial.value, study.best_trial.number
     if finished < n:
-        click.echo(
+        progress.say(
             f"running {n - finished} more trial(s) on {len(slots)} slot(s): "
             + ", ".join(sorted({s.label for s in slots}))
             + f"; MLflow: {mask_url(spec.tracking.uri)} (experiment {spec.tracking.experiment!r})"
@@ -87,24 +93,24 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
         summary = orchestrator.run(spec.study.timeout)
     finally:  # also on an error or Ctrl-C: whatever it raised goes on after this
         live.close()
-        undelivered = orchestrator.undelivered + _close_tracking(spec, study, study_tracker, parent_run_id)
+        undelivered = orchestrator.undelivered + _close_tracking(spec, study, study_tracker, parent_run_id, progress)
         if undelivered:
-            _report_undelivered(study, undelivered)
+            _report_undelivered(study, undelivered, progress)
 
-    if not summary.interrupted and not undelivered:  # a stopped run, or a store away, is not held up by it
-        _publish_report(spec, study, study_tracker, parent_run_id)
+    if publish is not None and not summary.interrupted and not undelivered:  # a stopped run is not held up by it
+        publish(spec, study, study_tracker, parent_run_id, progress.say)
     tail = ""
     if summary.best_trial is not None:
         tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
     elif summary.pareto_front:
         tail = f"; Pareto front: trial(s) {', '.join(map(str, summary.pareto_front))} (`hpsearch best` shows it)"
-    click.echo(
+    progress.say(
         f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
         f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
         + ("; stopped by --timeout" if summary.timed_out else "")
     )
     if summary.checkpoints_lost:
-        click.echo(checkpoints_lost_line(summary.checkpoints_lost))
+        progress.say(checkpoints_lost_line(summary.checkpoints_lost))
     if undelivered:
         raise RunFailure(f"{len(undelivered)} MLflow write(s) never reached {mask_url(spec.tracking.uri)} "
                          "(listed above); every trial is in the study, `hpsearch best` says which checkpoint "
@@ -112,7 +118,8 @@ def run_study(spec: Spec, interactive: bool | None = None) -> RunSummary:
     return summary
 
 
-def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str) -> list[str]:
+def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str,
+                    progress: Progress) -> list[str]:
     """Close what the run leaves open in MLflow and deliver this process's queued writes.
 
     Waits HPSEARCH_DRAIN_SECONDS at most in all, counting down; returns what was not delivered.
@@ -126,7 +133,7 @@ def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTr
             lambda: study_runs.close_stale_runs(spec.tracking.uri, tracker.experiment_id, states),
             "the close of trial runs left open", wait_for=background_writer.drain_seconds())
     except Exception as exc:
-        lost.append(f"the close of trial runs left open, if any ({mlflow_client.short_reason(exc)})")
+        lost.append(f"the close of trial runs left open, if any ({short_reason(exc)})")
     best: dict[str, float | None] = {}
     if spec.study.multi:
         best = {"pareto_front_size": len(trial_states.pareto_front(study))}
@@ -135,36 +142,21 @@ def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTr
     tracker.close_parent(parent_run_id, best)
     left = background_writer.drain(
         max(0.0, deadline - time.monotonic()),
-        on_tick=lambda count, seconds: click.echo(
+        on_tick=lambda count, seconds: progress.say(
             f"waiting for {count} MLflow write(s) to reach the tracking store; giving up in {seconds:.0f}s", err=True),
     )
     return lost + [item.describe() for item in left]
 
 
-def _publish_report(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str) -> None:
-    """Write the study's report and tell its parent run; a failure is one warning line, never the run's."""
-    from hpsearch.reporting.html_report import default_report_dir
-    from hpsearch.reporting.parent_run import ParentRun, publish
-
-    try:
-        parent = ParentRun(tracker.client, tracker.experiment_id, parent_run_id)
-        report, problem = publish(study, spec.tracking.uri, default_report_dir(spec.study.name), parent)
-        click.echo(f"report: {report.page}")
-    except Exception as exc:
-        problem = f"the study report was not written: {type(exc).__name__}: {first_line(exc)}"
-    if problem:
-        click.echo(f"WARNING: {redact(problem)}", err=True)
-
-
-def _report_undelivered(study: optuna.Study, undelivered: list[str]) -> None:
+def _report_undelivered(study: optuna.Study, undelivered: list[str], progress: Progress) -> None:
     """Name every write that never reached MLflow, on screen and in the study (read by `best`)."""
-    click.echo(f"ERROR: {len(undelivered)} MLflow write(s) not delivered:", err=True)
+    progress.say(f"ERROR: {len(undelivered)} MLflow write(s) not delivered:", err=True)
     for item in undelivered:
-        click.echo(f"  - {redact(item)}", err=True)
+        progress.say(f"  - {redact(item)}", err=True)
     try:
         study.set_user_attr(record_keys.STUDY_UNDELIVERED, [redact(item) for item in undelivered])
     except Exception as exc:  # the list is on screen; the study's database may be away too
-        click.echo(f"  (not recorded in the study either: {first_line(exc)})", err=True)
+        progress.say(f"  (not recorded in the study either: {first_line(exc)})", err=True)
 
 
 def checkpoints_lost_line(trials: list[int]) -> str:

@@ -48,7 +48,7 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
     # folders), so nothing ends them with the parent by itself: if the parent dies, even by SIGKILL,
     # the kernel sends SIGTERM, which fails the trial in hand cleanly.
     _term_when_parent_dies(parent)
-    from hpsearch.cli.live import quiet_libraries
+    from hpsearch.orchestration.quiet_libraries import quiet_libraries
 
     quiet_libraries()
     # "Waiting for the tracking server / the database" lines are shown by the parent, above its live view.

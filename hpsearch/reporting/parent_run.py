@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +21,18 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.core import record_keys
-from hpsearch.core.credentials import mask_url, masked_space_file, redact
+from hpsearch.core.credentials import mask_url, redact
 from hpsearch.core.outages import first_line
 from hpsearch.reporting.html_report import REPORT_PAGE, Report, RunLinks, write_report
 from hpsearch.search.trial_states import pareto_front
+from hpsearch.spec.redaction import masked_space_file
 from hpsearch.tracking import mlflow_client, study_runs
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from hpsearch.spec.study_spec import Spec
+    from hpsearch.tracking.study_runs import StudyTracker
 
 BEST_VALUE = "best_value"
 COUNT_METRICS = {TrialState.COMPLETE: "trials_complete", TrialState.PRUNED: "trials_pruned",
@@ -202,3 +206,18 @@ def _description(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], co
     lines.append(f"The report (history, curves, importances, slices, the timeline per device slot, every trial) is "
                  f"`{REPORT_ARTIFACTS}/{REPORT_PAGE}` among this run's artifacts, with a PNG per plot.")
     return "\n\n".join(lines)
+
+
+def publish_run_report(spec: Spec, study: optuna.Study, tracker: StudyTracker, parent_run_id: str,
+                       say: Callable[[str, bool], None]) -> None:
+    """Write the study's report and tell its parent run; a failure is one warning line, never the run's."""
+    from hpsearch.reporting.html_report import default_report_dir
+
+    try:
+        parent = ParentRun(tracker.client, tracker.experiment_id, parent_run_id)
+        report, problem = publish(study, spec.tracking.uri, default_report_dir(spec.study.name), parent)
+        say(f"report: {report.page}", False)
+    except Exception as exc:
+        problem = f"the study report was not written: {type(exc).__name__}: {first_line(exc)}"
+    if problem:
+        say(f"WARNING: {redact(problem)}", True)

@@ -14,8 +14,8 @@ import optuna
 import yaml
 
 from hpsearch.core import record_keys
-from hpsearch.core.credentials import masked_spec
 from hpsearch.core.errors import UsageError
+from hpsearch.spec.redaction import masked_spec
 from hpsearch.spec.study_spec import Spec, fixed_spec, parse_spec
 from hpsearch.storage.stores import study_dir
 from hpsearch.tracking import checkpoints

@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.core.checks import SpecError
-from hpsearch.spec.space import ParamSpec
+from hpsearch.search.space import ParamSpec
 
 if TYPE_CHECKING:
     import optuna
 from hpsearch.core.seeding import trial_seed
-from hpsearch.spec.search_components import PrunerSpec, SamplerSpec, constructor
+from hpsearch.search.components import PrunerSpec, SamplerSpec, constructor
 
 
 def grid_search_space(search_space: dict[str, ParamSpec]) -> dict[str, list[Any]]:

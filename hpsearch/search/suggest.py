@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch.spec.space import ParamSpec
+from hpsearch.search.space import ParamSpec
 
 _ABSENT = object()
 

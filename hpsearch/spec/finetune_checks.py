@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpsearch.core.checks import HPARAM_DEFAULTS, SpecError, shown
+from hpsearch.search.space import ParamSpec
 from hpsearch.spec import model_catalog
-from hpsearch.spec.space import ParamSpec
 
 
 def _fallback_used(name: str, space: dict[str, ParamSpec]) -> bool:

@@ -43,11 +43,12 @@ from hpsearch.core.hparams import (
     TRAIN_SETTINGS,
     natural_direction,
 )
+from hpsearch.search import components as search_components
 from hpsearch.search import samplers
-from hpsearch.spec import model_catalog, search_components, strict_yaml
+from hpsearch.search.components import PrunerSpec, SamplerSpec
+from hpsearch.search.space import ParamSpec, check_plateau_gamma, parse_search_space
+from hpsearch.spec import model_catalog, strict_yaml
 from hpsearch.spec.finetune_checks import check_finetuning
-from hpsearch.spec.search_components import PrunerSpec, SamplerSpec
-from hpsearch.spec.space import ParamSpec, check_plateau_gamma, parse_search_space
 from hpsearch.spec.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
 __all__ = [

@@ -1,13 +1,11 @@
-"""Inter-process locks: a lock file beside a local store, an advisory lock on PostgreSQL.
+"""The study's locks: PostgreSQL's advisory lock for a shared database, a lock file beside a local store, and
+the budget lock (one process at a time counts the finished trials and asks for the next).
 
-Both wait by polling (a non-blocking try, then a short sleep), never in a blocking call: Ctrl-C
-raises KeyboardInterrupt while waiting, `should_stop()` (a process whose SIGINT handler only sets a
-flag) aborts the wait with LockWaitAborted, and after `timeout` seconds LockTimeout names the lock.
+Both kinds wait by polling (core.lock_waits): interruptible, and a timeout names the lock.
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,64 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.core.credentials import mask_url
-from hpsearch.core.errors import RunFailure
+from hpsearch.core.db_errors import connect_args
 from hpsearch.core.locations import DEFAULT_STORAGE
-from hpsearch.storage.db_outages import connect_args, through_db_outage
-
-# Holders keep these locks for a moment (count the trials, ask one): ten minutes of waiting means a
-# holder that hangs, not a busy study.
-LOCK_TIMEOUT_SECONDS = 600.0
-_FIRST_POLL = 0.02
-_MAX_POLL = 0.25
+from hpsearch.core.lock_waits import LOCK_TIMEOUT_SECONDS, LockWaitAborted, file_lock, wait_for_lock
+from hpsearch.storage.db_outages import through_db_outage
 
 _ENGINES: dict[str, Any] = {}
-
-
-class LockWaitAborted(Exception):
-    """The wait for a lock was given up because `should_stop()` said so (a stop request)."""
-
-
-class LockTimeout(RunFailure):
-    """A lock was not free within its timeout."""
-
-
-def _wait(try_once: Callable[[], bool], describe: Callable[[], str], timeout: float,
-          should_stop: Callable[[], bool] | None) -> None:
-    """Call `try_once()` until it returns True, sleeping a little in between; see the module's doc."""
-    deadline = time.monotonic() + timeout
-    delay = _FIRST_POLL
-    while not try_once():
-        if should_stop is not None and should_stop():
-            raise LockWaitAborted(f"stopped while waiting for {describe()}")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise LockTimeout(f"gave up after {timeout:g}s waiting for {describe()}: another process has held it "
-                              "all that time (a hung hpsearch run?)")
-        time.sleep(min(delay, left))
-        delay = min(_MAX_POLL, delay * 1.5)
-
-
-@contextmanager
-def file_lock(path: str | Path, timeout: float = LOCK_TIMEOUT_SECONDS,
-              should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
-    """An exclusive flock on `path` (created if missing); released when the block ends or the process dies."""
-    import fcntl
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-
-        def try_once() -> bool:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-
-        _wait(try_once, lambda: f"the lock file {path}", timeout, should_stop)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _engine(url: str) -> Any:
@@ -103,7 +49,7 @@ def postgres_lock(url: str, name: str, timeout: float = LOCK_TIMEOUT_SECONDS,
     """
     import sqlalchemy
 
-    from hpsearch.storage.db_outages import is_transient
+    from hpsearch.core.db_errors import is_transient
 
     engine = _engine(url)
     key = advisory_key(name)
@@ -133,7 +79,7 @@ def postgres_lock(url: str, name: str, timeout: float = LOCK_TIMEOUT_SECONDS,
         return f"the lock {name!r} on {shown}{_holder(engine, key)}"
 
     try:
-        _wait(try_once, describe, timeout, should_stop)
+        wait_for_lock(try_once, describe, timeout, should_stop)
     except BaseException:
         _discard(conn)
         raise
@@ -191,8 +137,8 @@ def budget_lock(storage_url: str | None, study_name: str, should_stop: Callable[
     Other storages (SQLite, MySQL, Redis) run unlocked: at worst one trial over the budget per
     extra process.
 
-    The wait is interruptible: Ctrl-C, or `should_stop()` turning true (locks.LockWaitAborted), ends
-    it; after `timeout` seconds locks.LockTimeout names the lock. A PostgreSQL outage while waiting
+    The wait is interruptible: Ctrl-C, or `should_stop()` turning true (LockWaitAborted), ends
+    it; after `timeout` seconds LockTimeout names the lock. A PostgreSQL outage while waiting
     is waited out; one while holding ends the lock with its session (see locks.postgres_lock).
     """
     url = storage_url or DEFAULT_STORAGE

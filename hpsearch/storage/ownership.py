@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.core.credentials import redact
+from hpsearch.core.db_errors import cause_line
 from hpsearch.core.record_keys import (
     ATTR_HEARTBEAT,
     ATTR_HOST,
@@ -23,7 +24,6 @@ from hpsearch.core.record_keys import (
     FailureKind,
 )
 from hpsearch.search import trial_access
-from hpsearch.storage.db_outages import cause_line
 
 # ---- ownership: who is running a trial, so a later run can reap what a dead process left RUNNING ----
 

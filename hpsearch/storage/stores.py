@@ -17,9 +17,10 @@ from optuna.storages.journal import JournalFileBackend
 
 from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url
+from hpsearch.core.db_errors import connect_args
 from hpsearch.core.errors import RunFailure, UsageError
 from hpsearch.core.locations import DEFAULT_STORAGE, STUDIES_DIR
-from hpsearch.storage.db_outages import OutageProofStorage, connect_args, through_db_outage
+from hpsearch.storage.db_outages import OutageProofStorage, through_db_outage
 
 if TYPE_CHECKING:
     from hpsearch.spec.study_spec import Spec
@@ -84,7 +85,7 @@ def storage_label(url: str | None) -> str:
 
 def load_existing_study(name: str, storage_url: str | None) -> optuna.Study:
     """The study `name` in the storage (UsageError when it has none); a storage that never answers fails fast."""
-    from hpsearch.storage.store_probe import check_storage
+    from hpsearch.storage.probe import check_storage
 
     check_storage(storage_url)
     storage = open_storage(storage_url)

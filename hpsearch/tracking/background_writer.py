@@ -10,15 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hpsearch.core import locations  # noqa: E402
-from hpsearch.core.outages import GaveUp, first_line, seconds_from_env  # noqa: E402
-
-if TYPE_CHECKING:
-    pass
+from hpsearch.core.outages import GaveUp, first_line, seconds_from_env, short_reason  # noqa: E402
 from hpsearch.tracking.checkpoints import CHECKPOINT_FILE
-from hpsearch.tracking.mlflow_client import _NOTICE, short_reason, through_outage, unreachable
+from hpsearch.tracking.mlflow_client import _NOTICE, through_outage, unreachable
 
 # Where a checkpoint that could not be delivered is kept: <folder>/<run id>/model.pt, under the run's folder.
 UNDELIVERED_DIR = locations.UNDELIVERED_DIR

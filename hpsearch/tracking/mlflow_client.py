@@ -5,7 +5,6 @@ and riding out an outage of the tracking server.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from hpsearch.core.outages import OutageNotice, first_line  # noqa: E402
+from hpsearch.core.outages import OutageNotice, short_reason  # noqa: E402
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -43,7 +42,7 @@ def unreachable(exc: BaseException) -> bool:
     from mlflow.exceptions import RestException
 
     if isinstance(exc, sqlalchemy.exc.OperationalError):  # a database-backed store (no server between)
-        from hpsearch.storage.db_outages import refusal
+        from hpsearch.core.db_errors import refusal
 
         return not refusal(exc)  # a dropped database or a changed password is not waited out
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError)):
@@ -69,21 +68,6 @@ _NOTICE = OutageNotice(
         f"giving up in {seconds_left:.0f}s"),
     lambda what, seconds: f"MLflow tracking is back after {seconds:.0f}s ({what} delivered)",
 )
-
-
-def short_reason(exc: BaseException) -> str:
-    """Why the store could not be reached, in a few words (requests' own text runs to several hundred)."""
-    text = str(exc)
-    answered = re.search(r"too many (\d{3}) error responses", text)
-    if answered:  # the server is up, its own store is not (MLflow's client retried its 5xx answers)
-        return f"the server answered {answered.group(1)}"
-    for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                         ("Name or service not known", "unknown host"), ("Connection reset", "connection reset"),
-                         ("RemoteDisconnected", "connection closed by the server")):
-        if needle in text:
-            return said
-    return first_line(exc)[:200]
-
 
 
 def report_outages_to(sink: Callable[[str], None]) -> None:
@@ -150,7 +134,7 @@ def client_for(uri: str) -> MlflowClient:
     prepare_local_store(uri)
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    from hpsearch.storage.locks import file_lock
+    from hpsearch.core.lock_waits import file_lock
 
     # Opening the store creates or migrates its tables: processes started together must take turns.
     with file_lock(uri[len("sqlite:///"):] + ".init.lock"):

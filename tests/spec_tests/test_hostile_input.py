@@ -263,6 +263,7 @@ def test_no_more_workers_than_trials_left(monkeypatch):
 
 def test_a_run_starts_no_more_workers_than_trials_left(tmp_path, monkeypatch):
     """`run` plans its slots for the trials left: 2 trials with --trials-per-device 8 start 2 workers."""
+    from hpsearch.cli.live import LiveView
     from hpsearch.orchestration import runner
 
     class Planned(Exception):
@@ -283,7 +284,7 @@ def test_a_run_starts_no_more_workers_than_trials_left(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the study's journal and MLflow store
     spec = apply_overrides(parse_spec(edited("study.n_trials", 2)), devices="cpu", trials_per_device="8")
     with pytest.raises(Planned):
-        runner.run_study(spec, interactive=False)
+        runner.run_study(spec, LiveView(spec.study.metric, spec.study.direction, 2, interactive=False))
     assert planned == [2]
 
 

@@ -5,8 +5,8 @@ import inspect
 import optuna
 import pytest
 
+from hpsearch.search import components as search_components
 from hpsearch.search import samplers
-from hpsearch.spec import search_components
 from hpsearch.spec.study_spec import PrunerSpec, SamplerSpec, parse_spec
 
 from .helpers import BASE, edited
