@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,11 @@ SHIPPED_SPACES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("spaces/*.
 WITHOUT_TORCH = ("torch", "torchvision", "mlflow")
 
 
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imports(path: Path) -> set[str]:
     """The hpsearch modules `path` imports anywhere (in functions too), except under TYPE_CHECKING."""
     found: set[str] = set()
@@ -24,21 +31,23 @@ def _imports(path: Path) -> set[str]:
             for child in node.orelse:
                 visit(child)
             return
-        if isinstance(node, ast.ImportFrom) and node.module == "hpsearch":
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hpsearch."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hpsearch"):
+            # `from hpsearch.storage import stores` names a module; `from hpsearch.storage.stores import x` one too
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if (ROOT / (sub.replace(".", "/") + ".py")).exists() else node.module)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("hpsearch."))
+            found.update(a.name for a in node.names if a.name.startswith("hpsearch."))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
     visit(ast.parse(path.read_text()))
-    return found - {path.stem}
+    return found - {_module(path)}
 
 
 def test_no_module_imports_itself_through_others():
-    graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__main__"}
+    graph = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py") if p.stem not in ("__main__", "__init__")}
+    assert len(graph) > 60 and "hpsearch.engine.train" in graph
 
     def cycle_from(start: str) -> list[str] | None:
         trail, todo = {start: [start]}, [start]
@@ -54,6 +63,38 @@ def test_no_module_imports_itself_through_others():
 
     cycles = [" → ".join(c) for m in sorted(graph) if (c := cycle_from(m))]
     assert cycles == []
+
+
+def test_the_folders_are_the_layers():
+    """Every module sits in one of the layer folders; nothing is left flat beside them."""
+    flat = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert flat == []
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == [
+        "cli", "core", "deploy", "engine", "orchestration", "reporting", "results", "search", "spec", "storage",
+        "tracking"]
+
+
+@pytest.mark.parametrize("module, injected, broken", [
+    ("engine/train.py", "import click", ("Only the command line talks to the terminal", "The trainer needs torch")),
+    ("engine/train.py", "import optuna", ("The trainer needs torch alone",)),
+    ("spec/study_spec.py", "import torch", ("A space file parses without torch",)),
+    ("storage/stores.py", "import hpsearch.tracking.study_runs", ("Layers",)),
+    ("orchestration/runner.py", "from hpsearch.cli import live", ("Layers", "Only the command line")),
+    ("core/checks.py", "import yaml", ("The vocabulary depends on no framework",)),
+], ids=["engine-click", "engine-optuna", "spec-torch", "storage-tracking", "orchestration-cli", "core-yaml"])
+def test_the_import_contracts_fail_when_a_layer_leaks(tmp_path, module, injected, broken):
+    """CI runs `lint-imports`: a copy of the package with one leaking import breaks exactly that contract."""
+    shutil.copytree(PACKAGE, tmp_path / "hpsearch", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "hpsearch" / module
+    target.write_text(target.read_text() + f"\n{injected}  # leaked\n")
+    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, result.stdout
+    broken_lines = [line for line in result.stdout.splitlines() if " BROKEN" in line]
+    assert len(broken_lines) == len(broken), result.stdout
+    assert all(line.startswith(name) for line, name in zip(broken_lines, broken, strict=True)), result.stdout
 
 
 def _run_without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess:

@@ -16,6 +16,8 @@ PAD = 4  # random-crop padding (the CIFAR standard): images must be larger than 
 WEIGHTS_FILE_SUFFIXES = (".pt", ".pth", ".bin")
 # The share of a dataset held out for testing, where the dataset has no official test split. The
 # others (CIFAR's test batches, an image folder's val/ or test/) are used as they are.
+# Each dataset's own image size (image_size: null keeps it): the one table of it (DataConfig.pixels).
+NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagefolder": 64}
 DEFAULT_TEST_FRACTIONS = {"digits": 0.2, "fake": 0.25}
 
 
@@ -67,6 +69,11 @@ class DataConfig:
             if self.test_fraction + self.val_fraction >= 1:
                 raise DataConfigError("test_fraction", f"plus val_fraction must be below 1, got {self.test_fraction!r} "
                                                        f"+ {self.val_fraction!r}")
+
+    @property
+    def pixels(self) -> int:
+        """The side of the images the model sees: image_size, else the dataset's own."""
+        return self.image_size or NATIVE_SIZES[self.name]
 
     @property
     def held_out_test(self) -> float | None:

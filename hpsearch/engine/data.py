@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from hpsearch.core.data_config import PAD, DataConfig
 
-NATIVE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "fake": 32, "imagefolder": 64}
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CPU_MEMORY_LIMIT = 4 * 2**30  # bytes of uint8 images `in_memory: auto` keeps in host memory
 CUDA_MEMORY_SHARE = 0.25  # ... and the share of the process's available device memory on CUDA (fits_on_device)
@@ -327,7 +326,7 @@ def _read_digits(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    size = cfg.image_size or NATIVE_SIZES["digits"]
+    size = cfg.pixels
     grey = torch.from_numpy(digits.images).float().unsqueeze(1) * (255 / 16)  # 16 grey levels → 0..255
     grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False)
     images = grey.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
@@ -338,7 +337,7 @@ def _read_digits(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
 
 def _read_fake(cfg: DataConfig) -> tuple[_Part, _Part, list[str]]:
     """Random images and labels, the same for every run (fixed seed): for timing and plumbing, not learning."""
-    size = cfg.image_size or NATIVE_SIZES["fake"]
+    size = cfg.pixels
     g = torch.Generator().manual_seed(0)
 
     def make(n: int) -> _Part:
@@ -514,7 +513,7 @@ def _canonical(device: torch.device | str) -> torch.device:
 
 def _store(cfg: DataConfig, split_seed: int, device: torch.device) -> _Stored:
     train, test, classes = _READERS[cfg.name](cfg)
-    size = cfg.image_size or NATIVE_SIZES[cfg.name]
+    size = cfg.pixels
     in_memory = True
     if train.images is None:  # image files
         in_memory = _keep_in_memory(cfg, len(train) + len(test), size, device)

@@ -103,10 +103,9 @@ def _num_classes(model: nn.Module) -> int:
 def preprocessing(spec: Spec, record: dict[str, Any], num_classes: int) -> dict[str, Any]:
     """What the model expects and what it is: written beside it so that a user feeds it correctly."""
     from hpsearch.engine import models
-    from hpsearch.engine.data import NATIVE_SIZES
 
     mean, std = models.normalization(spec.task.model.name, spec.task.model.weights)
-    size = spec.task.data.image_size or NATIVE_SIZES[spec.task.data.name]
+    size = spec.task.data.pixels
     return {
         "input": f"float32 N x 3 x {size} x {size}, RGB",
         "image_size": size,

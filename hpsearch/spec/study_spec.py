@@ -481,13 +481,12 @@ def _check_task_choices(task: TaskSpec, space: dict[str, ParamSpec]) -> None:
             except DataConfigError as e:
                 raise SpecError(f"search_space.image_size.choices[{i}]", e.problem) from None
     try:  # torch: only a spec that searches the task pays it
-        from hpsearch.engine.data import NATIVE_SIZES
         from hpsearch.engine.models import input_problem
     except ImportError:  # no torch (a machine that validates, not trains): a misfit fails its trial
         return
 
     for size in _choices_of("image_size", space, task.data.image_size):
-        pixels = size or NATIVE_SIZES[task.data.name]
+        pixels = size or task.data.pixels
         for name in models:
             problem = input_problem(name, pixels)
             if problem is not None:

@@ -105,7 +105,7 @@ def check_teacher(teacher: TeacherSpec, data: DataConfig) -> None:
     if wanted is not None and classes != wanted:
         what = source.weights if teacher.export is not None else f"{source.model} with weights {source.weights}"
         raise refused("weights", f"{what} predicts {classes} classes; the task ({data.name}) has {wanted}")
-    size = data.image_size or data_mod.NATIVE_SIZES[data.name]
+    size = data.pixels
     problem = models.input_problem(source.model, size)
     if problem is not None:
         raise refused("model", f"{source.model} cannot take the task's {size}x{size} images ({problem})")
