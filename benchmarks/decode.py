@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpsearch.engine import data as data_mod  # noqa: E402
-from hpsearch.engine.data import DataConfig, _decode_all, _scan_imagefolder, clear_data_cache, load_data  # noqa: E402
+from hpsearch.engine.data import DataConfig, _decode_all, clear_data_cache, load_data
+from hpsearch.engine.datasets import _scan_imagefolder
 from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hpsearch.engine.synthetic import write_image_folder  # noqa: E402
 

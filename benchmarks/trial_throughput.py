@@ -39,9 +39,9 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpsearch.core.hparams import HParams  # noqa: E402
-from hpsearch.engine.data import DataConfig, clear_data_cache, load_data  # noqa: E402
+from hpsearch.engine.data import DataConfig, clear_data_cache, load_data
 from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
-from hpsearch.engine.train import GRAPH_WARMUP_STEPS, Trainer, TrainSettings, seed_everything  # noqa: E402
+from hpsearch.engine.train import GRAPH_WARMUP_STEPS, Trainer, TrainSettings, seed_everything
 
 CIFAR_TRAIN = 50_000
 WARMUP_BATCHES = 3  # (a): worker start-up and first-batch costs stay out of the timing

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from hpsearch.engine.data import TaskData
     from hpsearch.engine.teacher import Teacher
     from hpsearch.engine.train import Trainer
-    from hpsearch.spec.study_spec import Spec
+    from hpsearch.spec.spec_types import Spec
 
 # Teachers loaded in this process, beside data.load_data's datasets: a warm worker loads its teacher once.
 _TEACHERS: dict[tuple, Teacher] = {}

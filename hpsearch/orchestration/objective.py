@@ -27,7 +27,8 @@ from hpsearch.orchestration.builders import build_trainer, hparams_for, measure_
 from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
 from hpsearch.search import trial_access
 from hpsearch.search.suggest import suggest
-from hpsearch.spec.study_spec import Spec, with_task_choices
+from hpsearch.spec.spec_types import Spec
+from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.tracking.study_runs import TrialRun
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from hpsearch.orchestration.events import (
 from hpsearch.orchestration.progress import Progress
 from hpsearch.orchestration.worker import worker_main
 from hpsearch.search import trial_access, trial_states
-from hpsearch.spec.study_spec import Spec
+from hpsearch.spec.spec_types import Spec
 from hpsearch.storage import db_outages, locks, ownership, retries
 from hpsearch.tracking import study_runs
 

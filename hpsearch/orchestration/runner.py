@@ -22,7 +22,7 @@ from hpsearch.orchestration.progress import Progress
 from hpsearch.search import trial_states
 from hpsearch.search.samplers import build_pruner, study_sampler
 from hpsearch.spec.redaction import masked_spec
-from hpsearch.spec.study_spec import Spec
+from hpsearch.spec.spec_types import Spec
 from hpsearch.storage import last_run, locks, retries, stores
 from hpsearch.tracking import background_writer, mlflow_client, study_runs
 

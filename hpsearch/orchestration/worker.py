@@ -23,7 +23,8 @@ from hpsearch.orchestration.events import (
     WritesLost,
     WritesPending,
 )
-from hpsearch.spec.study_spec import Spec, with_task_choices
+from hpsearch.spec.spec_types import Spec
+from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.storage import db_outages, stores
 from hpsearch.tracking import background_writer, mlflow_client
 
@@ -144,7 +145,7 @@ def _warm_up(spec: Spec, device: str) -> str | None:
 
     A missing dataset or weights file would fail every trial the same way: report it once instead.
     """
-    from hpsearch.engine.data import DatasetNotFound
+    from hpsearch.engine.datasets import DatasetNotFound
     from hpsearch.engine.models import WeightsNotAvailable, build_model
     from hpsearch.orchestration.builders import load_task_data
 

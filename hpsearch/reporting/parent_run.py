@@ -31,7 +31,7 @@ from hpsearch.tracking import mlflow_client, study_runs
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from hpsearch.spec.study_spec import Spec
+    from hpsearch.spec.spec_types import Spec
     from hpsearch.tracking.study_runs import StudyTracker
 
 BEST_VALUE = "best_value"

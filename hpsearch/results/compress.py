@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hpsearch.engine.data import TaskData
-    from hpsearch.spec.study_spec import Spec
+    from hpsearch.spec.spec_types import Spec
 
 REPORT_FILE = "compression.json"
 COMPRESSED_FLOAT = "model_compressed.pt"  # a pruned float state_dict (no quantization)

@@ -16,7 +16,8 @@ import yaml
 from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
 from hpsearch.spec.redaction import masked_spec
-from hpsearch.spec.study_spec import Spec, fixed_spec, parse_spec
+from hpsearch.spec.spec_types import Spec
+from hpsearch.spec.study_spec import fixed_spec, parse_spec
 from hpsearch.storage.stores import study_dir
 from hpsearch.tracking import checkpoints
 

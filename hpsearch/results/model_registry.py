@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hpsearch.core.data_config import DataConfig
-    from hpsearch.spec.study_spec import Spec
+    from hpsearch.spec.spec_types import Spec
 
 MODEL_NAME = "model"  # the logged model's name (its artifact folder)
 PREPROCESSING_FILE = "preprocessing.json"
@@ -127,18 +127,18 @@ def preprocessing(spec: Spec, record: dict[str, Any], num_classes: int) -> dict[
 
 def class_names(cfg: DataConfig, num_classes: int) -> list[str] | None:
     """The dataset's class names in label order, read without loading its images; None where unknown."""
-    from hpsearch.engine import data
+    from hpsearch.engine import datasets
 
     root = Path(cfg.root)
     names: list[str] | None = None
     try:
         if cfg.name in ("digits", "fake"):
             names = [str(i) for i in range(num_classes)]
-        elif cfg.name in data._CIFAR:  # the names are in the dataset's meta file, read as its reader does
-            layout = data._CIFAR[cfg.name]
+        elif cfg.name in datasets._CIFAR:  # the names are in the dataset's meta file, read as its reader does
+            layout = datasets._CIFAR[cfg.name]
             meta = root / layout["folder"] / layout["meta"]
             if meta.is_file():
-                names = [n.decode() for n in data._load_pickle(meta)[layout["names_key"]]]
+                names = [n.decode() for n in datasets._load_pickle(meta)[layout["names_key"]]]
         elif (root / "wnids.txt").is_file():  # Tiny ImageNet
             names = [w.strip() for w in (root / "wnids.txt").read_text().splitlines() if w.strip()]
         elif (root / "train").is_dir():

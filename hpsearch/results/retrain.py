@@ -16,7 +16,8 @@ from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
 from hpsearch.core.seeding import trial_seed
 from hpsearch.orchestration.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params
-from hpsearch.spec.study_spec import Spec, with_task_choices
+from hpsearch.spec.spec_types import Spec
+from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.tracking import study_runs
 
 
@@ -117,3 +118,22 @@ def evaluate_checkpoint(spec: Spec, params: dict[str, Any], checkpoint: Path, de
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     model.to(device)
     return evaluate(model, task_data.test, device=device, settings=TrainSettings(**spec.settings))
+
+
+def evaluate_best(study, record, device, uri: str) -> dict:
+    import tempfile
+
+    from hpsearch.results.export import spec_of_study
+    from hpsearch.results.retrain import evaluate_checkpoint, pick_device
+    from hpsearch.tracking import checkpoints
+
+    if not record.get("checkpoint") and not record.get("checkpoint_local"):
+        raise UsageError(f"--evaluate: {record['checkpoint_note']}")
+    spec = spec_of_study(study)
+    if spec.task.data.held_out_test == 0:
+        raise UsageError(f"--evaluate: study {study.study_name!r} held out no test split "
+                         "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = record["checkpoint_local"] or checkpoints.download_checkpoint(uri, record["mlflow_run_id"], tmp)
+        loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
+    return {"test_accuracy": acc, "test_loss": loss}

@@ -9,7 +9,7 @@ import json
 from hpsearch.core.checks import SpecError
 from hpsearch.core.credentials import learn_text, mask_url, redact
 from hpsearch.spec import strict_yaml
-from hpsearch.spec.study_spec import Spec
+from hpsearch.spec.spec_types import Spec
 
 
 def masked_space_file(path: str) -> str | None:

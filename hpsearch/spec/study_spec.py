@@ -24,7 +24,6 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ from hpsearch.core.data_config import DataConfig, DataConfigError, is_weights_pa
 from hpsearch.core.hparams import (
     CHECKPOINT_POLICIES,
     COMPRESSION_HPARAMS,
-    COST_METRICS,
     CUDA_GRAPH_MODES,
     DIRECTIONS,
     METRICS,
@@ -49,6 +47,7 @@ from hpsearch.search.components import PrunerSpec, SamplerSpec
 from hpsearch.search.space import ParamSpec, check_plateau_gamma, parse_search_space
 from hpsearch.spec import model_catalog, strict_yaml
 from hpsearch.spec.finetune_checks import check_finetuning
+from hpsearch.spec.spec_types import ModelSpec, Objective, ResourcesSpec, Spec, StudySpec, TaskSpec, TrackingSpec
 from hpsearch.spec.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
 __all__ = [
@@ -56,120 +55,6 @@ __all__ = [
     "SpecError", "StudySpec", "TaskSpec", "TeacherSpec", "TrackingSpec", "apply_overrides", "fixed_spec", "load_spec",
     "parse_duration", "parse_spec",
 ]
-
-# ---------------------------------------------------------------------------- the typed spec
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str  # params.OBJECTIVE_METRICS
-    direction: Literal["maximize", "minimize"]  # its natural direction (params.natural_direction)
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """`metric`/`direction` is what training selects its best epoch (and checkpoint) by: the study's one
-    objective, or the first epoch metric among `objectives` in a multi-objective study."""
-
-    name: str
-    metric: str
-    direction: Literal["maximize", "minimize"]
-    n_trials: int
-    timeout: float | None  # seconds
-    sampler: SamplerSpec
-    pruner: PrunerSpec
-    storage: str | None
-    objectives: tuple[Objective, ...] = ()  # two or three in a multi-objective study; () for one
-
-    @property
-    def seed(self) -> int:
-        return self.sampler.kwargs.get("seed", 0)
-
-    @property
-    def multi(self) -> bool:
-        return len(self.objectives) > 1
-
-    @property
-    def targets(self) -> tuple[Objective, ...]:
-        """Every objective, in the order of a trial's values (one for a single-objective study)."""
-        return self.objectives or (Objective(self.metric, self.direction),)
-
-    @property
-    def cost_metrics(self) -> tuple[str, ...]:
-        """The deployment costs a trial must measure at its end (none unless an objective asks)."""
-        return tuple(o.metric for o in self.targets if o.metric in COST_METRICS)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    weights: str  # "none" | "DEFAULT" | a weights enum member name | a file path (config.is_weights_path)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    model: ModelSpec
-    data: DataConfig
-    teacher: TeacherSpec | None = None  # knowledge distillation: the network the student learns from
-
-
-@dataclass(frozen=True)
-class ResourcesSpec:
-    devices: str | tuple[int, ...] = "auto"  # "auto" | "cpu" | GPU indices
-    trials_per_device: int | str = "auto"  # "auto": 1 per GPU; on CPUs the measured faster split of the cores
-
-
-@dataclass(frozen=True)
-class TrackingSpec:
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    experiment: str = ""  # parse_spec fills in the study name
-    checkpoints: str = "complete"
-
-
-@dataclass(frozen=True)
-class Spec:
-    study: StudySpec
-    task: TaskSpec
-    train: dict  # fixed hyperparameters, only the ones the file sets
-    settings: dict  # the train block's non-hyperparameter settings, defaults filled
-    search_space: dict[str, ParamSpec]  # in file order
-    resources: ResourcesSpec
-    tracking: TrackingSpec
-    source: str | None = field(default=None, compare=False)  # the file it came from
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain YAML/JSON types, every default filled; parse_spec() reads it back."""
-        s = self.study
-        return {
-            "study": {
-                "name": s.name,
-                **({"objectives": [dataclasses.asdict(o) for o in s.objectives]} if s.multi
-                   else {"metric": s.metric, "direction": s.direction}),
-                "n_trials": s.n_trials,
-                "timeout": s.timeout,
-                "sampler": {"name": s.sampler.name, **s.sampler.kwargs},
-                "pruner": _pruner_to_dict(s.pruner),
-                "storage": s.storage,
-            },
-            "task": {
-                "model": dataclasses.asdict(self.task.model),
-                "data": dataclasses.asdict(self.task.data),
-                **({"teacher": self.task.teacher.to_dict()} if self.task.teacher else {}),
-            },
-            "train": {**self.train, **self.settings},
-            "search_space": {name: p.to_dict() for name, p in self.search_space.items()},
-            "resources": {
-                "devices": self.resources.devices if isinstance(self.resources.devices, str)
-                else list(self.resources.devices),
-                "trials_per_device": self.resources.trials_per_device,
-            },
-            "tracking": dataclasses.asdict(self.tracking),
-        }
-
-
-def _pruner_to_dict(pruner: PrunerSpec) -> dict[str, Any]:
-    kwargs = {k: _pruner_to_dict(v) if isinstance(v, PrunerSpec) else v for k, v in pruner.kwargs.items()}
-    return {"name": pruner.name, **kwargs}
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -87,7 +87,7 @@ def check_teacher(teacher: TeacherSpec, data: DataConfig) -> None:
     if teacher.export is not None and not Path(teacher.export).exists():
         return
     source = resolve(teacher)
-    from hpsearch.engine import data as data_mod  # torch: only a spec with a teacher pays it
+    from hpsearch.engine import datasets as data_mod  # torch: only a spec with a teacher pays it
     from hpsearch.engine import models
     from hpsearch.engine import teacher as teacher_mod
 

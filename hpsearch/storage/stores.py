@@ -23,7 +23,7 @@ from hpsearch.core.locations import DEFAULT_STORAGE, STUDIES_DIR
 from hpsearch.storage.db_outages import OutageProofStorage, through_db_outage
 
 if TYPE_CHECKING:
-    from hpsearch.spec.study_spec import Spec
+    from hpsearch.spec.spec_types import Spec
 from hpsearch.storage.journal import _MendingJournalLock, journal_damage
 from hpsearch.storage.locks import budget_lock
 

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from hpsearch.spec.study_spec import Objective, parse_spec
+from hpsearch.spec.spec_types import Objective
+from hpsearch.spec.study_spec import parse_spec
 
 from .helpers import BASE, refusal
 

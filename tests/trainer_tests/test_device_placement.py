@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from hpsearch.core.hparams import HParams
-from hpsearch.engine import data as data_module
-from hpsearch.engine import train
+from hpsearch.engine import data, train
 from hpsearch.engine.data import DataConfig, fits_on_device
 from hpsearch.engine.models import build_model
 from hpsearch.orchestration import builders
@@ -69,6 +68,6 @@ def test_the_in_memory_decision_reads_the_processs_memory_fraction(monkeypatch):
     cuda = torch.device("cuda", 0)
     config = DataConfig("fake", samples=100)
     side = 32 * 1024  # 3 GiB an image: 2 fit under a quarter of 35 GiB, 3 do not (under one of 100 GiB, 8 would)
-    assert data_module._keep_in_memory(config, 2, side, cuda)
-    assert not data_module._keep_in_memory(config, 3, side, cuda)
+    assert data._keep_in_memory(config, 2, side, cuda)
+    assert not data._keep_in_memory(config, 3, side, cuda)
     assert asked == [cuda, cuda]

@@ -25,14 +25,8 @@ from hpsearch.engine.models import (
     skeleton,
     stage_parameters,
 )
-from hpsearch.engine.train import (
-    GRAPH_WARMUP_STEPS,
-    Trainer,
-    build_optimizer,
-    build_scheduler,
-    graphs_disabled_reason,
-    seed_everything,
-)
+from hpsearch.engine.optim import build_optimizer, build_scheduler
+from hpsearch.engine.train import GRAPH_WARMUP_STEPS, Trainer, graphs_disabled_reason, seed_everything
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpsearch.engine import data as data_module
-from hpsearch.engine.data import PAD, DataConfig, DatasetNotFound, TensorSplit, crop_flip, load_data
+from hpsearch.engine import data, datasets
+from hpsearch.engine.data import PAD, DataConfig, TensorSplit, crop_flip, load_data
+from hpsearch.engine.datasets import DatasetNotFound
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean/std that leave x = uint8 / 255
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -133,7 +134,7 @@ def test_digits_real_offline_data():
     x, y = next(task.train.batches(16, shuffle=True, augment=True, drop_last=True))
     assert x.shape == (16, 3, 32, 32) and set(y.tolist()) <= set(range(10))
     # Grey images: the three channels hold the same pixels (before per-channel normalisation).
-    raw = data_module._STORED[(DataConfig("digits"), 0, "cpu")].parts["test"].images
+    raw = data._STORED[(DataConfig("digits"), 0, "cpu")].parts["test"].images
     assert raw.dtype == torch.uint8 and torch.equal(raw[:, 0], raw[:, 2]) and raw.max() == 255
 
 
@@ -149,7 +150,7 @@ def test_fake_is_deterministic_with_its_sizes():
     cfg = DataConfig("fake", samples=40, num_classes=3, image_size=12)
     a = load_data(cfg, "cpu", *IDENTITY)
     assert a.num_classes == 3 and len(a.train) + len(a.val) == 40 and len(a.test) == 10
-    data_module.clear_data_cache()
+    data.clear_data_cache()
     b = load_data(cfg, "cpu", *IDENTITY)
     assert a is not b
     assert all(torch.equal(u, v) for u, v in zip(every_example(a.train), every_example(b.train), strict=False))
@@ -157,20 +158,20 @@ def test_fake_is_deterministic_with_its_sizes():
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
     labels = torch.arange(10).repeat_interleave(20)
-    rest, held = data_module._carve(labels, 0.1, seed=0)
+    rest, held = datasets._carve(labels, 0.1, seed=0)
     assert len(held) == 20 and torch.bincount(labels[held]).tolist() == [2] * 10
     assert sorted(torch.cat([rest, held]).tolist()) == list(range(200))
-    assert not torch.equal(held, data_module._carve(labels, 0.1, seed=1)[1])
+    assert not torch.equal(held, datasets._carve(labels, 0.1, seed=1)[1])
     # Every worker process loads the data with its global RNG in a state of its own: the split must not follow it.
     torch.manual_seed(12345)
-    assert torch.equal(held, data_module._carve(labels, 0.1, seed=0)[1])
+    assert torch.equal(held, datasets._carve(labels, 0.1, seed=0)[1])
 
 
 def test_dataset_is_loaded_once_per_process(monkeypatch):
     """A worker runs trial after trial: the second trial gets the same device-resident object."""
     calls = []
-    real = data_module._READERS["fake"]
-    monkeypatch.setitem(data_module._READERS, "fake", lambda cfg: calls.append(cfg) or real(cfg))
+    real = datasets._READERS["fake"]
+    monkeypatch.setitem(datasets._READERS, "fake", lambda cfg: calls.append(cfg) or real(cfg))
     cfg = DataConfig("fake", samples=32)
     first = load_data(cfg, "cpu", *IMAGENET)
     assert load_data(cfg, torch.device("cpu"), *IMAGENET) is first

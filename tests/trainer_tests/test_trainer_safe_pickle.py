@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from hpsearch.engine.data import DataConfig, DatasetNotFound, UnsafeDataFile, load_data
+from hpsearch.engine.data import DataConfig, load_data
+from hpsearch.engine.datasets import DatasetNotFound, UnsafeDataFile
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 

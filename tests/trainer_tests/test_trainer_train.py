@@ -13,17 +13,15 @@ import torch
 from torch import nn
 
 from hpsearch.core.hparams import OPTIMIZERS, SCHEDULERS, HParams
-from hpsearch.engine import data as data_module
-from hpsearch.engine import train as train_module
+from hpsearch.engine import datasets, train
 from hpsearch.engine.data import DataConfig, load_data
 from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from hpsearch.engine.optim import build_optimizer, build_scheduler
 from hpsearch.engine.train import (
     EpochStats,
     NonFiniteLoss,
     Trainer,
     TrainSettings,
-    build_optimizer,
-    build_scheduler,
     evaluate,
     graphs_disabled_reason,
     reset_graphs_state,
@@ -346,8 +344,8 @@ def test_small_train_split_still_trains(fake8):
 
 def test_two_trials_reuse_the_loaded_data(monkeypatch):
     calls = []
-    real = data_module._READERS["fake"]
-    monkeypatch.setitem(data_module._READERS, "fake", lambda cfg: calls.append(1) or real(cfg))
+    real = datasets._READERS["fake"]
+    monkeypatch.setitem(datasets._READERS, "fake", lambda cfg: calls.append(1) or real(cfg))
     cfg = DataConfig("fake", samples=64, num_classes=4, image_size=8)
     for trial in range(2):
         task = load_data(cfg, "cpu", *NORM)
@@ -529,7 +527,7 @@ def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, 
     # then the graph is reset and kept alive, since torch's host allocator may still read it.
     graph = fake.graphs[0]
     assert fake.ended == fake.released == pool_released_by_us
-    assert graph.was_reset == (graph in train_module._failed_graphs) == bool(pool_released_by_us)
+    assert graph.was_reset == (graph in train._failed_graphs) == bool(pool_released_by_us)
     assert fake.cleanups == 2  # synchronize, then empty_cache
 
 
@@ -578,7 +576,7 @@ def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkey
 def test_batch_in_the_models_memory_format_reaches_it_uncopied(fake8, monkeypatch):
     """channels_last (CUDA's format; forced here on the CPU): the augmented batch is channels_last as
     the crop gather makes it, and goes to the model as is, not to NCHW and back (two copies a step)."""
-    monkeypatch.setattr(train_module, "_memory_format", lambda device, settings: torch.channels_last)
+    monkeypatch.setattr(train, "_memory_format", lambda device, settings: torch.channels_last)
     made, seen = [], []
     real_batches = fake8.train.batches
 

@@ -1,0 +1,112 @@
+"""The report's one self-contained HTML page: the summary, the plots (inline), the trials table with links to
+their MLflow runs.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.core import record_keys
+from hpsearch.core.credentials import redact
+
+if TYPE_CHECKING:
+    from hpsearch.reporting.html_report import RunLinks, _View
+
+
+def _partial(path: Path) -> Path:
+    # Written beside, then renamed: a reader (or a second run finishing at once) never sees half a file.
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _summary(view: _View, command: str | None) -> str:
+    study = view.study
+    counts = {s: sum(1 for t in view.trials if t.state == s) for s in TrialState}
+    lines = [
+        f"<b>{len(view.trials)}</b> trials: {counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        + (f", {counts[TrialState.RUNNING]} running" if counts[TrialState.RUNNING] else "") + ".",
+    ]
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    lines.append(f"Objective: {html.escape(view.target_name if not view.multi else 'several')} ({directions}).")
+    if view.complete and not view.multi:
+        best = study.best_trial
+        params = ", ".join(f"{html.escape(k)}={html.escape(_fmt(v))}" for k, v in best.params.items())
+        lines.append(f"Best: <b>{_fmt(best.value)}</b> at trial {best.number}" + (f" ({params})" if params else "")
+                     + ".")
+    elif view.multi and view.complete:
+        lines.append(f"{len(study.best_trials)} trial(s) on the Pareto front.")
+    if command:
+        lines.append(f"Run it again: <code>{html.escape(command)}</code>")
+    return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def _trials_table(study: optuna.Study, links: RunLinks | None, links_note: str | None) -> str:
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return "<p class='note'>The study has no trials yet.</p>"
+    names: list[str] = []
+    for t in trials:
+        names += [p for p in t.params if p not in names]
+    value_heads = ["value"] if len(study.directions) == 1 else (
+        study.metric_names or [f"value {i + 1}" for i in range(len(study.directions))])
+    heads = ["number", "state", *value_heads, "epochs", "duration s", *names, "MLflow run", "reason"]
+    body = []
+    for t in trials:
+        values: list[Any] = list(t.values) if t.values else [None] * len(value_heads)
+        if t.state == TrialState.PRUNED and t.intermediate_values and len(values) == 1:  # where it stopped
+            values = [t.intermediate_values[max(t.intermediate_values)]]
+        duration = None
+        if t.datetime_start and t.datetime_complete:
+            duration = (t.datetime_complete - t.datetime_start).total_seconds()
+        epochs = len(t.intermediate_values) or t.user_attrs.get(record_keys.ATTR_EPOCHS, 0)
+        cells = [t.number, t.state.name, *values, epochs, duration, *(t.params.get(n) for n in names)]
+        row = "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells)
+        run_id = t.user_attrs.get(record_keys.ATTR_RUN_ID)
+        run = "-"
+        if run_id and links is not None:
+            run = f"<a href='{html.escape(links.url(run_id))}' target='_blank'>{html.escape(run_id[:12])}</a>"
+        elif run_id:
+            run = html.escape(run_id)
+        reason = str(t.user_attrs.get(record_keys.ATTR_FAIL_REASON) or "")
+        reason = html.escape(redact(reason.splitlines()[0])[:200]) if reason else ""
+        body.append(f"<tr class='{t.state.name.lower()}'>{row}<td>{run}</td><td>{reason}</td></tr>")
+    note = f"<p class='caption'>{html.escape(links_note)}</p>" if links_note else ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    return f"{note}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
+h2 {{ margin-top: 2em; border-bottom: 1px solid #ddd; }}
+.caption {{ color: #555; }} .note {{ background: #fff6e0; padding: .6em; border-left: 4px solid #f0b400; }}
+table {{ border-collapse: collapse; font-size: 90%; }} th, td {{ border: 1px solid #ddd; padding: .25em .5em; }}
+tr.fail td {{ background: #fdecea; }} tr.pruned td {{ color: #777; }}
+code {{ background: #f3f3f3; padding: .1em .3em; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+{summary}
+{sections}
+<section id="trials"><h2>Trials</h2>
+{table}
+</section>
+<p class="caption">Generated by hpsearch report, {generated}.</p>
+</body></html>
+"""
