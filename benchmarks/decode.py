@@ -29,11 +29,11 @@ import torch
 # Runnable from a plain checkout on a GPU box where hpsearch is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpsearch.engine import data as data_mod  # noqa: E402
+from hpsearch.engine import data as data_mod
 from hpsearch.engine.data import DataConfig, _decode_all, clear_data_cache, load_data
 from hpsearch.engine.datasets import _scan_imagefolder
-from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from hpsearch.engine.synthetic import write_image_folder  # noqa: E402
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD
+from hpsearch.engine.synthetic import write_image_folder
 
 CLASSES = 100  # Tiny ImageNet has 200; 100 keeps the folder's generation quick
 

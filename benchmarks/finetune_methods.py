@@ -11,7 +11,7 @@ scikit-learn's digits (offline), written as two image folders (PNG, upscaled fro
 Step 0, once: `hpsearch train pretrain.yaml` trains ResNet-18 (weights none) on the source classes with fixed
 values; its best.pt (a 5-class head) is rewritten as torchvision builds ResNet-18 (the 1000-class head,
 freshly initialised), which is what `task.model.weights: <file>` loads before hpsearch puts a new 5-class head
-on (hpsearch/models.py `_from_file`: a file whose head size differs from the task's is loaded as torchvision
+on (hpsearch/engine/models.py `_from_file`: a file whose head size differs from the task's is loaded as torchvision
 builds the model, then the head is replaced). The source task's test accuracy is reported.
 
 (a) Fine-tuning dimensions. Per seed, two searches of the target task with the same budget (--trials trials,
@@ -361,6 +361,20 @@ def markdown(results: dict[str, list[dict]], pre: dict[str, Any] | None, setting
 # --------------------------------------------------------------------------- main
 
 
+def _search_seed(args: argparse.Namespace, arms: list[str], teacher_arm: str, seed: int, work: Path,
+                 target: Path, pre: dict | None):
+    """Each arm's search for one seed, in order (the teacher's arm before distill's), yielded as it ends."""
+    teacher = None
+    for arm in arms:
+        export = None
+        if arm == teacher_arm and "distill" in arms:
+            export = teacher = work / f"teacher-s{seed}"
+        sp = space(arm, seed, args.trials, args.student_epochs if arm in ("student", "distill") else args.epochs,
+                   args.image_size, target, pre["weights"] if pre else "none", args.slots, args.student, teacher)
+        log(f"{arm} seed {seed}: hpsearch run ({args.trials} trials) ...")
+        yield arm, run_search(arm, seed, sp, work, export)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -414,16 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         if "distill" in arms and teacher_arm not in arms:
             parser.error("distill needs the finetune (or plain) arm: its winner is the teacher")
         for seed in seeds:
-            teacher = None
-            for arm in arms:
-                export = None
-                if arm == teacher_arm and "distill" in arms:
-                    export = teacher = work / f"teacher-s{seed}"
-                sp = space(arm, seed, args.trials, args.student_epochs if arm in ("student", "distill")
-                           else args.epochs, args.image_size, target, pre["weights"] if pre else "none",
-                           args.slots, args.student, teacher)
-                log(f"{arm} seed {seed}: hpsearch run ({args.trials} trials) ...")
-                results[arm].append(run_search(arm, seed, sp, work, export))
+            for arm, result in _search_seed(args, arms, teacher_arm, seed, work, target, pre):
+                results[arm].append(result)
                 if args.json:  # after every search, so that an interrupted run keeps what it measured
                     settings["total_wall_s"] = time.perf_counter() - started
                     write_json(args.json, m, settings, pre, results)

@@ -26,6 +26,7 @@ Exits 2 at once where torch sees no CUDA device; else 0 when every part passed o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -171,10 +172,8 @@ def execute(cmd: list[str], timeout: float, cwd: Path = REPO) -> Outcome:
             except subprocess.TimeoutExpired:
                 rc = None
                 signal_group(proc.pid, signal.SIGINT)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=GRACE_S)
-                except subprocess.TimeoutExpired:
-                    pass
             seconds = time.perf_counter() - start
         finally:
             # Ends what the part left behind (DataLoader or trial workers: the group is its own),
@@ -418,9 +417,9 @@ def section_parallel(p: Part) -> list[str]:
     rows = [[k.split("_")[0], f"{v['seconds']:.1f} s", v["trials"], f"{v['trials_per_hour']:.0f}",
              f"{v['images_per_second']:,.0f}" if "images_per_second" in v else "-", f"{v['ratio']:.2f}x"]
             for k, v in p.data.items()]
+    header = ["trials_per_device", "wall time", "trials", "trials/hour", "aggregate train img/s", "ratio"]
     return [f"`{p.command}` — the same trials at each setting, so the ratio is the packing gain in "
-            "aggregate throughput over one trial per GPU.", ""] + table(
-        ["trials_per_device", "wall time", "trials", "trials/hour", "aggregate train img/s", "ratio"], rows)
+            "aggregate throughput over one trial per GPU.", "", *table(header, rows)]
 
 
 def section_run(p: Part) -> list[str]:
@@ -439,7 +438,7 @@ def section_run(p: Part) -> list[str]:
                  "-" if t["duration_s"] is None else f"{t['duration_s']:.1f}", t["params"].get("batch_size", "-"),
                  (t["reason"] or "").splitlines()[0][:100] if t.get("reason") else ""]
                 for t in d["trials"]]
-        lines += [""] + table(["trial", "state", "val_accuracy", "epochs", "seconds", "batch", "failure"], rows)
+        lines += ["", *table(["trial", "state", "val_accuracy", "epochs", "seconds", "batch", "failure"], rows)]
     return lines
 
 

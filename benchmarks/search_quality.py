@@ -5,7 +5,7 @@ One task, one data split per seed, the same budget of N trials, compared over se
   hpsearch1  `python -m hpsearch run space.yaml --n-trials N` as a user runs it (a subprocess, in a
              temporary folder), with hpsearch's defaults (TPE, median pruning, its trainer) and
              `resources: {devices: cpu, trials_per_device: 1}`: one trial at a time using every core
-             (hpsearch/devices.py: a slot gets usable_cores() // slots threads).
+             (hpsearch/orchestration/devices.py: a slot gets usable_cores() // slots threads).
   hpsearch2  the same with `trials_per_device: 2`: two trials at once (on 2 cores: single-threaded).
   plain      a hand-written Optuna + PyTorch loop, as a typical user writes it (plain_train below):
              `study.optimize(objective, n_trials=N)`; the objective builds torchvision's
@@ -581,6 +581,35 @@ def reference_rows(path: Path, seeds: list[int], trials: int, max_epochs: int) -
     return rows
 
 
+def _run_parity(parser: argparse.ArgumentParser, args: argparse.Namespace, m: dict) -> int:
+    """--parity: the Trainer against the plain loop on fixed configurations."""
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in PARITY_CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)}")
+    seeds = list(range(args.seeds or 3))
+    out = parity(configs, seeds, args.epochs, args.threads)
+    print(parity_markdown(out, seeds, args.epochs, m, args.threads))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": m, "mode": "parity", "epochs": args.epochs,
+                                               "threads": args.threads, "seeds": seeds, "results": out}, indent=2))
+    return 0
+
+
+def _run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    """One arm's search for one seed, said on stderr as it starts and ends."""
+    print(f"seed {seed}: {arm} ...", file=sys.stderr, flush=True)
+    if arm.startswith("hpsearch"):
+        r = run_hpsearch(int(arm[-1]), seed, args.trials, args.max_epochs, args.keep, args.threads)
+    else:
+        r = run_plain(arm, seed, args.trials, args.max_epochs, args.threads)
+    r["seed"] = seed
+    print(f"seed {seed}: {arm}: best val {r['best_value']:.4f}, test {r['test_accuracy']:.4f}, "
+          f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
+          f"{r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=None, help="how many seeds: 0..N-1 (default 5; --parity: 3)")
@@ -612,18 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: OMP_NUM_THREADS={m['omp_num_threads']} caps hpsearch's threads per slot", file=sys.stderr)
 
     if args.parity:
-        configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-        unknown = [c for c in configs if c not in PARITY_CONFIGS]
-        if unknown:
-            parser.error(f"--configs: unknown {', '.join(unknown)}")
-        seeds = list(range(args.seeds or 3))
-        out = parity(configs, seeds, args.epochs, args.threads)
-        print(parity_markdown(out, seeds, args.epochs, m, args.threads))
-        if args.json:
-            Path(args.json).write_text(json.dumps({"machine": m, "mode": "parity", "epochs": args.epochs,
-                                                   "threads": args.threads,
-                                                   "seeds": seeds, "results": out}, indent=2))
-        return 0
+        return _run_parity(parser, args, m)
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -632,27 +650,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_epochs < 2:
         parser.error("--max-epochs must be >= 2 (the space searches epochs from 2)")
     seeds = list(range(args.seeds or 5))
-    if args.sampler:
-        SAMPLER.clear()
-        SAMPLER.update(args.sampler)
-    if args.pruner:
-        PRUNER.clear()
-        PRUNER.update(args.pruner)
+    for settings_now, replacement in ((SAMPLER, args.sampler), (PRUNER, args.pruner)):
+        if replacement:
+            settings_now.clear()
+            settings_now.update(replacement)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {arm: [] for arm in ARMS if arm in arms}
     for seed in seeds:
         for arm in results:
-            print(f"seed {seed}: {arm} ...", file=sys.stderr, flush=True)
-            if arm.startswith("hpsearch"):
-                r = run_hpsearch(int(arm[-1]), seed, args.trials, args.max_epochs, args.keep, args.threads)
-            else:
-                r = run_plain(arm, seed, args.trials, args.max_epochs, args.threads)
-            r["seed"] = seed
-            results[arm].append(r)
-            print(f"seed {seed}: {arm}: best val {r['best_value']:.4f}, test {r['test_accuracy']:.4f}, "
-                  f"{r['complete']} complete / {r['pruned']} pruned / {r['failed']} failed, {r['epochs']} epochs, "
-                  f"{r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            results[arm].append(_run_arm(arm, seed, args))
     if args.reference is not None:
         results["random"] = reference_rows(args.reference, seeds, args.trials, args.max_epochs)
     add_reach(results)

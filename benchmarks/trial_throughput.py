@@ -38,9 +38,9 @@ from torchvision import transforms as T
 # Runnable from a plain checkout on a GPU box where hpsearch is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpsearch.core.hparams import HParams  # noqa: E402
+from hpsearch.core.hparams import HParams
 from hpsearch.engine.data import DataConfig, clear_data_cache, load_data
-from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model  # noqa: E402
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from hpsearch.engine.train import GRAPH_WARMUP_STEPS, Trainer, TrainSettings, seed_everything
 
 CIFAR_TRAIN = 50_000

@@ -156,7 +156,8 @@ class Tab:
         time.sleep(0.5)  # let the last layout and fonts settle before the picture
         data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
         path.write_bytes(base64.b64decode(data))
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000
         return path
 
 
@@ -242,7 +243,8 @@ def report_page(chromium: Chromium, folder: Path, report: subprocess.Popen, tria
     assert report.returncode == 0, err
     page = Path(out.strip().splitlines()[-1])  # the command prints the page's path
     page = page if page.is_absolute() else folder / page
-    assert page.is_file() and page.parent == folder / "studies" / "finished" / "report"
+    assert page.is_file()
+    assert page.parent == folder / "studies" / "finished" / "report"
     tab = chromium.open(page.as_uri())
     tab.wait_for_text("finished", *(r.info.run_id[:12] for r in trials))
     plots = tab.evaluate("document.querySelectorAll('.js-plotly-plot .main-svg').length")

@@ -25,7 +25,7 @@ def assert_one_line_error(code: int, err: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "override, expected",
+    ("override", "expected"),
     [
         ({"search_space": {"lr": {"type": "float", "low": -1, "high": 0.1, "log": False}}},
          "search_space.lr.low: must be > 0, got -1"),
@@ -50,11 +50,17 @@ def test_bad_option_values_name_the_option(capsys, write_space):
     code, _, err = call(capsys, "run", space, "--n-trials", "0")
     assert_one_line_error(code, err, "--n-trials: must be > 0, got 0")
     code, _, err = call(capsys, "run", space, "--timeout", "soon")
-    assert code == 2 and err.startswith("error: --timeout: ") and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert err.startswith("error: --timeout: ")
+    assert len(err.strip().splitlines()) == 1
     code, _, err = call(capsys, "run", space, "--n-trials", "ten")
-    assert code == 2 and "'ten' is not a valid integer" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert "'ten' is not a valid integer" in err
+    assert len(err.strip().splitlines()) == 1
     code, _, err = call(capsys, "run", space, "--no-such-option")
-    assert code == 2 and "--no-such-option" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert "--no-such-option" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_unknown_study_and_nothing_run_yet(capsys, workdir):
@@ -67,7 +73,9 @@ def test_unknown_study_and_nothing_run_yet(capsys, workdir):
 def test_validate_prints_the_resolved_space(capsys, write_space):
     code, out, err = call(capsys, "validate", str(write_space()))
     assert code == 0, err
-    assert "valid" in out and "sampler:" in out and "searching 2 hyperparameter(s)" in out
+    assert "valid" in out
+    assert "sampler:" in out
+    assert "searching 2 hyperparameter(s)" in out
     assert "lr: float in [0.003, 0.03], log" in out
     tpe = write_space({"study": {"n_trials": 40, "sampler": {"name": "tpe"}}}, name="tpe.yaml")
     code, out, err = call(capsys, "validate", str(tpe))
@@ -77,7 +85,8 @@ def test_validate_prints_the_resolved_space(capsys, write_space):
 
 def test_train_refuses_a_file_with_a_search_space(capsys, write_space):
     code, _, err = call(capsys, "train", str(write_space()))
-    assert code == 2 and err.startswith("error: search_space: train takes fixed values")
+    assert code == 2
+    assert err.startswith("error: search_space: train takes fixed values")
 
 
 def test_help_lists_every_command(capsys):

@@ -31,14 +31,16 @@ def test_the_winner_compresses_and_is_measured_after_compression(finished_study)
                     "--finetune-epochs", "1", "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["trial_number"] == best["trial_number"] and report["model"] == "shufflenet_v2_x0_5"
+    assert report["trial_number"] == best["trial_number"]
+    assert report["model"] == "shufflenet_v2_x0_5"
     before, after = report["before"], report["after"]
     assert before["val_accuracy"] == pytest.approx(best["value"])  # the checkpoint as it trained
     # Half the prunable weights are zero; int8 weights take a quarter of the float bytes, but the file also holds
     # the exported graph (~0.7 MB), which weighs on a 1.5 MB network (ResNet-18's shrinks to 0.26 of its float).
     assert 0.45 < after["params_m"] / before["params_m"] < 0.6
     assert after["size_mb"] < 0.75 * before["size_mb"]
-    assert after["latency_ms"] > 0 and report["threads"] == 1
+    assert after["latency_ms"] > 0
+    assert report["threads"] == 1
 
     folder = finished_study / "studies" / "finished" / "compressed" / f"trial-{best['trial_number']}"
     assert sorted(p.name for p in folder.iterdir()) == ["best.yaml", "compression.json", "model.pt",
@@ -59,7 +61,8 @@ def test_the_winner_compresses_and_is_measured_after_compression(finished_study)
     client = client_for(DEFAULT_TRACKING_URI)
     run = client.get_run(report["mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == best["mlflow_run_id"]
-    assert run.data.params["prune"] == "0.5" and run.data.params["quantize"] == "int8"
+    assert run.data.params["prune"] == "0.5"
+    assert run.data.params["quantize"] == "int8"
     assert run.data.metrics["val_accuracy"] == pytest.approx(after["val_accuracy"])
     assert run.data.metrics["before_size_mb"] == pytest.approx(before["size_mb"])
     assert [a.path for a in client.list_artifacts(run.info.run_id, "compressed")] == ["compressed/model_int8.pt2"]

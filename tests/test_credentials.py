@@ -21,7 +21,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.mark.parametrize(
-    "url, masked",
+    ("url", "masked"),
     [
         (f"postgresql://hps:{PASSWORD}@db:5432/hpsearch", "postgresql://hps:***@db:5432/hpsearch"),
         (f"postgresql+psycopg://hps:{PASSWORD}@db/h?sslmode=require", "postgresql+psycopg://hps:***@db/h?sslmode=require"),
@@ -46,8 +46,10 @@ def test_redact_masks_urls_and_known_passwords_in_free_text(monkeypatch):
     text = (f"API request to http://bob:{PASSWORD}@mlflow:5000/api failed; "
             f"could not connect to 'postgresql://hps:{PASSWORD}@db/h': bad password {PASSWORD} pg-env-secret")
     out = redact(text)
-    assert PASSWORD not in out and "pg-env-secret" not in out
-    assert "http://mlflow:5000/api" in out and "postgresql://hps:***@db/h" in out
+    assert PASSWORD not in out
+    assert "pg-env-secret" not in out
+    assert "http://mlflow:5000/api" in out
+    assert "postgresql://hps:***@db/h" in out
 
 
 # (free text quoting a URL, what it shows) in a process that never parsed the URL: the pattern alone finds it
@@ -206,9 +208,11 @@ def test_a_password_in_both_urls_appears_nowhere(write_space, workdir, secret_ro
         outputs.append(result.stdout + result.stderr)
         assert result.returncode == (2 if "nope" in argv else 0), (argv, result.stdout, result.stderr)
     assert outputs[-1].strip().endswith("studies there: tiny")  # the error names the store, masked
-    assert "resuming study 'tiny' (postgresql://" in outputs[1] and ":***@127.0.0.1" in outputs[1]
+    assert "resuming study 'tiny' (postgresql://" in outputs[1]
+    assert ":***@127.0.0.1" in outputs[1]
     best = json.loads(outputs[6])
-    assert best["storage"] == mask_url(storage) and best["tracking_uri"] == mask_url(tracking)
+    assert best["storage"] == mask_url(storage)
+    assert best["tracking_uri"] == mask_url(tracking)
     assert (workdir / "studies" / "tiny" / "best" / "model.pt").exists()  # the checkpoint came through
     # status/best with no argument found the study from .last_run.json (masked) and the environment
     assert json.loads((workdir / "studies" / ".last_run.json").read_text())["storage"] == mask_url(storage)
@@ -230,7 +234,8 @@ def test_a_password_in_both_urls_appears_nowhere(write_space, workdir, secret_ro
         assert PASSWORD not in json.dumps([run.data.params, run.data.tags, run.info.artifact_uri])
     for url in secret_role:
         text = dump_database(url)
-        assert "tiny" in text and PASSWORD not in text
+        assert "tiny" in text
+        assert PASSWORD not in text
 
 
 # ---------------------------------------------------------------- the space file as the parent run keeps it

@@ -41,7 +41,8 @@ def test_optuna_dashboard_lists_the_study_and_its_trials_from_the_journal(finish
         studies = {s["study_name"]: s for s in listing["study_summaries"]}
         assert list(studies) == ["finished"]
         detail = _get_json(f"{api}/{studies['finished']['study_id']}")
-        assert detail is not None and detail["name"] == "finished"
+        assert detail is not None
+        assert detail["name"] == "finished"
         study = optuna.load_study(study_name="finished", storage=open_storage(DEFAULT_STORAGE))
         assert [t["number"] for t in detail["trials"]] == [t.number for t in study.trials]
         assert [t["number"] for t in detail["best_trials"]] == [study.best_trial.number]

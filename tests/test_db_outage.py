@@ -112,7 +112,8 @@ def test_a_tell_whose_reply_was_lost_is_done_not_an_error(flaky_study):
     trial = study.ask()
     lose_reply("set_trial_state_values")
     study.tell(trial, 0.5)
-    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.5
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert study.trials[0].value == 0.5
 
 
 def test_telling_a_finished_trial_still_fails(flaky_study):
@@ -154,7 +155,8 @@ def test_the_budget_lock_wait_ends_on_a_stop_request_and_at_its_deadline(kind, r
                 pytest.fail("the lock is held")
         assert time.monotonic() - started < 5
         message = str(timeout.value)
-        assert "gave up after 0.5s waiting for" in message and PASSWORD not in message
+        assert "gave up after 0.5s waiting for" in message
+        assert PASSWORD not in message
         if kind == "postgresql":
             assert "the lock 'tiny' on postgresql://postgres:***@127.0.0.1" in message
             assert "held by PostgreSQL backend pid" in message
@@ -194,7 +196,8 @@ def test_ctrl_c_ends_the_wait_for_the_budget_lock(kind, request, workdir):
             out, err = proc.communicate(timeout=10)
         finally:
             proc.kill()
-    assert proc.returncode != 0 and "acquired" not in out
+    assert proc.returncode != 0
+    assert "acquired" not in out
     assert "KeyboardInterrupt" in err
 
 
@@ -288,7 +291,8 @@ def test_a_study_survives_a_database_restart_mid_study(workdir, private_postgres
     study = optuna.load_study(study_name="tiny", storage=stores.open_storage(cluster.url))
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == N_TRIALS, (states, output)
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states, (states, output)
+    assert TrialState.RUNNING not in states, (states, output)
+    assert TrialState.WAITING not in states, (states, output)
     outage_words = ("database", "connection", "server", "OperationalError", "StorageInternalError", "unreachable")
     for t in study.trials:
         if t.state == TrialState.FAIL:

@@ -68,7 +68,8 @@ def test_the_finetuning_space_runs(workdir):
     assert result.exit_code == 0, result.output
     assert "2/2 finished (2 complete" in result.output
     _, trials = runs_of("mnv2-cifar10-finetune")
-    assert len(trials) == 2 and all(r.data.params["freeze"] in ("none", "backbone", "partial") for r in trials)
+    assert len(trials) == 2
+    assert all(r.data.params["freeze"] in ("none", "backbone", "partial") for r in trials)
     assert not any("distill_alpha" in r.data.params for r in trials)  # no teacher: no distillation params
 
 
@@ -105,7 +106,8 @@ def test_a_student_learns_from_an_exported_winner(workdir, capsys):
     assert result.exit_code == 0, result.output
     assert "2/2 finished (2 complete" in result.output
     parent, trials = runs_of("distill-cifar10")
-    assert parent["teacher"] == "studies/resnet-cifar10/best" and parent["teacher_model"] == "resnet18"
+    assert parent["teacher"] == "studies/resnet-cifar10/best"
+    assert parent["teacher_model"] == "resnet18"
     assert float(parent["teacher_val_accuracy"]) == teacher_accuracy
     assert len(trials) == 2
     for run in trials:

@@ -53,7 +53,8 @@ def test_run_status_best_export_train(write_space, workdir):
     # MLflow: one parent, three nested children with params, tags, stepped metrics and checkpoints.
     client = client_for(DEFAULT_TRACKING_URI)
     parents, children = child_runs(client, "tiny")
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1
+    assert len(children) == 3
     parent_id = parents[0].info.run_id
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     for t in trials:
@@ -66,8 +67,10 @@ def test_run_status_best_export_train(write_space, workdir):
         assert run.info.status == "FINISHED"
         params = run.data.params
         assert float(params["lr"]) == pytest.approx(t.params["lr"])
-        assert params["optimizer"] == "adamw" and params["epochs"] == "2"  # fixed values logged too
-        assert params["model"] == "shufflenet_v2_x0_5" and params["dataset"] == "digits"
+        assert params["optimizer"] == "adamw"
+        assert params["epochs"] == "2"  # fixed values logged too
+        assert params["model"] == "shufflenet_v2_x0_5"
+        assert params["dataset"] == "digits"
         for name in ("train_loss", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second"):
             history = client.get_metric_history(run.info.run_id, name)
             assert sorted(m.step for m in history) == [1, 2], name
@@ -80,16 +83,20 @@ def test_run_status_best_export_train(write_space, workdir):
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
     assert {"lr", "dropout"} <= set(rows[0]["params"])
     csv_out = invoke("status", "--format", "csv").output.splitlines()
-    assert csv_out[0].startswith("number,state,value") and len(csv_out) == 4
+    assert csv_out[0].startswith("number,state,value")
+    assert len(csv_out) == 4
     table = invoke("status", "--study", "tiny").output
-    assert "COMPLETE" in table and "study tiny" in table
+    assert "COMPLETE" in table
+    assert "study tiny" in table
 
     # best (no SPACE: the study last run here) and export
     best = json.loads(invoke("best", "--format", "json").output)
     assert best["trial_number"] == study.best_trial.number
     assert best["value"] == pytest.approx(study.best_value)
     assert best["mlflow_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
-    assert best["study_name"] == "tiny" and best["storage"] and best["tracking_uri"] == DEFAULT_TRACKING_URI
+    assert best["study_name"] == "tiny"
+    assert best["storage"]
+    assert best["tracking_uri"] == DEFAULT_TRACKING_URI
     assert best["checkpoint"].endswith("checkpoints/model.pt")
 
     result = invoke("best", "--export")
@@ -110,7 +117,8 @@ def test_run_status_best_export_train(write_space, workdir):
     assert (workdir / "studies" / "tiny" / "train" / "final.pt").exists()
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                               filter_string="tags.`hpsearch.role` = 'train'")
-    assert len(runs) == 1 and "test_accuracy" in runs[0].data.metrics
+    assert len(runs) == 1
+    assert "test_accuracy" in runs[0].data.metrics
 
     result = invoke("best", "--evaluate", "--format", "json")
     assert result.exit_code == 0, result.output
@@ -122,14 +130,17 @@ def test_resume_adds_only_missing_trials_and_keeps_one_parent(write_space, workd
     assert invoke("run", str(space)).exit_code == 0
     result = invoke("run", str(space), "--n-trials", "3")
     assert result.exit_code == 0, result.output
-    assert "resuming study 'tiny'" in result.output and "running 1 more trial" in result.output
+    assert "resuming study 'tiny'" in result.output
+    assert "running 1 more trial" in result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     assert len(study.trials) == 3
     # a third run with the budget met trains nothing
     result = invoke("run", str(space), "--n-trials", "3")
-    assert "running" not in result.output and "3/3 finished" in result.output
+    assert "running" not in result.output
+    assert "3/3 finished" in result.output
     parents, children = child_runs(client_for(DEFAULT_TRACKING_URI), "tiny")
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1
+    assert len(children) == 3
 
 
 def test_pruned_trial_keeps_its_curve(write_space, workdir):
@@ -147,7 +158,8 @@ def test_pruned_trial_keeps_its_curve(write_space, workdir):
     client = client_for(DEFAULT_TRACKING_URI)
     for t in study.trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
-        assert run.data.tags["hpsearch.state"] == "PRUNED" and run.info.status == "FINISHED"
+        assert run.data.tags["hpsearch.state"] == "PRUNED"
+        assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
         assert sorted(steps) == [1, 2]  # pruned at epoch 2 of 4, with its curve so far
         # the default checkpoint policy keeps weights of complete trials only
@@ -169,7 +181,8 @@ def test_timeout_stops_starting_trials_and_keeps_what_finished(write_space, work
     assert "stopped by --timeout" in result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     # trials running when the time ran out finish; none starts after it (a trial takes seconds here)
-    assert 1 <= len(study.trials) < 50 and all(t.state.is_finished() for t in study.trials)
+    assert 1 <= len(study.trials) < 50
+    assert all(t.state.is_finished() for t in study.trials)
 
 
 def test_no_test_split_trains_on_more_and_evaluate_refuses_clearly(write_space, workdir):
@@ -178,7 +191,8 @@ def test_no_test_split_trains_on_more_and_evaluate_refuses_clearly(write_space, 
     result = invoke("run", str(space))
     assert result.exit_code == 0, result.output
     parents, _ = child_runs(client_for(DEFAULT_TRACKING_URI), "tiny")
-    assert parents[0].data.params["test_fraction"] == "0.0" and parents[0].data.params["val_fraction"] == "0.2"
+    assert parents[0].data.params["test_fraction"] == "0.0"
+    assert parents[0].data.params["val_fraction"] == "0.2"
 
     refused = run_cli("best", "--evaluate", cwd=workdir)
     assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -199,4 +213,5 @@ def test_the_startup_trials_are_the_study_seeds_on_one_slot_or_two(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         study = optuna.load_study(study_name="tiny", storage=open_storage(str(folder / DEFAULT_STORAGE)))
         params[slots] = {t.number: t.params for t in study.get_trials()}
-    assert len(params[1]) == 4 and params[1] == params[2]
+    assert len(params[1]) == 4
+    assert params[1] == params[2]

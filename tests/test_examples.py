@@ -39,12 +39,14 @@ def assert_valid_run_command(argv: list[str]) -> None:
     used = [a.split("=", 1)[0] for a in argv[3:] if a.startswith("--")]
     assert set(used) <= hpsearch_run_options(), used
     # credentials come from the environment, never the command line (`ps`, job records)
-    assert "--storage" not in used and "--tracking-uri" not in used
+    assert "--storage" not in used
+    assert "--tracking-uri" not in used
 
 
 def test_run_reads_the_stores_from_the_environment_the_examples_set():
     help_text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
-    assert "env var: HPSEARCH_STORAGE" in help_text and "env var: MLFLOW_TRACKING_URI" in help_text
+    assert "env var: HPSEARCH_STORAGE" in help_text
+    assert "env var: MLFLOW_TRACKING_URI" in help_text
 
 
 @pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
@@ -55,7 +57,8 @@ def test_shell_files_parse(path):
 def test_sbatch_runs_hpsearch_with_the_stores_from_the_environment():
     text = (SLURM / "hpsearch-array.sbatch").read_text()
     assert re.search(r"^#SBATCH --array=\d+-\d+", text, re.M)
-    assert '"${HPSEARCH_STORAGE:?' in text and '"${MLFLOW_TRACKING_URI:?' in text
+    assert '"${HPSEARCH_STORAGE:?' in text
+    assert '"${MLFLOW_TRACKING_URI:?' in text
     [line] = [ln for ln in text.splitlines() if ln.lstrip().startswith("srun hpsearch run")]
     argv = shlex.split(line)[1:]
     argv[2] = "spaces/mnv2_cifar.yaml" if argv[2] == "$space" else argv[2]
@@ -68,23 +71,28 @@ def test_mlflow_server_script_uses_options_mlflow_has():
     used = long_options(text.split("exec mlflow server", 1)[1])
     help_text = subprocess.run([sys.executable, "-m", "mlflow", "server", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    assert used and used <= long_options(help_text), used - long_options(help_text)
+    assert used, used - long_options(help_text)
+    assert used <= long_options(help_text), used - long_options(help_text)
 
 
 def test_kubernetes_job_shape_and_credentials():
     job = yaml.safe_load(JOB.read_text())
-    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    assert job["apiVersion"] == "batch/v1"
+    assert job["kind"] == "Job"
     spec = job["spec"]
-    assert isinstance(spec["parallelism"], int) and spec["parallelism"] >= 2
+    assert isinstance(spec["parallelism"], int)
+    assert spec["parallelism"] >= 2
     [container] = spec["template"]["spec"]["containers"]
     assert_valid_run_command(container["command"])
     assert (REPO / container["command"][2]).exists()
     env = {e["name"]: e for e in container["env"]}
     secret = env["HPSEARCH_STORAGE"]["valueFrom"]["secretKeyRef"]
-    assert secret["name"] and secret["key"]
+    assert secret["name"]
+    assert secret["key"]
     assert "MLFLOW_TRACKING_URI" in env
     for e in container["env"]:
         value = e.get("value")
         if value is not None:  # a literal in the Job: never a credential
-            assert "PASSWORD" not in e["name"] and "TOKEN" not in e["name"], e
+            assert "PASSWORD" not in e["name"], e
+            assert "TOKEN" not in e["name"], e
             assert mask_url(value) == value, e

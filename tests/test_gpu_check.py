@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # benchmarks/ is no package: load the script as a module (registered first, as its dataclasses need).
 spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
-assert spec is not None and spec.loader is not None
+assert spec is not None
+assert spec.loader is not None
 gpu_check = sys.modules.setdefault("gpu_check", importlib.util.module_from_spec(spec))
 spec.loader.exec_module(gpu_check)
 

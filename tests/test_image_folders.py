@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 240, 20  # 2,600 files: past the parallel-decoding threshold
 
 
-@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "streamed"])
-@pytest.mark.parametrize("layout", ["tinyimagenet", "imagefolder"])
+# Both layouts are read the same way in both modes by the trainer tests (test_trainer_data.py: tiny_imagenet_layout,
+# plain_image_folder, streamed_image_folder_gives_the_same_batches); end to end, each mode runs once, with the
+# processes it starts inside hpsearch's worker: parallel decoding (in memory) and DataLoader workers (streamed).
+@pytest.mark.parametrize(("layout", "in_memory"), [("tinyimagenet", True), ("imagefolder", False)],
+                         ids=["tinyimagenet-in-memory", "imagefolder-streamed"])
 def test_a_folder_of_thousands_of_images_trains(layout, in_memory, write_space, workdir, image_folder):
     root = image_folder(workdir / "images", layout, CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS)
     space = write_space({

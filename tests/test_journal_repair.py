@@ -44,7 +44,9 @@ def test_a_torn_tail_is_set_aside_and_the_study_goes_on(workdir, capsys):
 
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     warning = capsys.readouterr().err.strip().splitlines()
-    assert len(warning) == 1 and "torn" in warning[0] and f"{DEFAULT_STORAGE}{TORN_SUFFIX}" in warning[0]
+    assert len(warning) == 1
+    assert "torn" in warning[0]
+    assert f"{DEFAULT_STORAGE}{TORN_SUFFIX}" in warning[0]
     assert journal.read_bytes() == whole  # cut back to the last whole record
     assert (workdir / f"{DEFAULT_STORAGE}{TORN_SUFFIX}").read_bytes() == torn + b"\n"
 
@@ -107,7 +109,8 @@ def test_a_journal_that_still_does_not_parse_names_its_line(workdir):
     result = run_cli("status", "--study", "tiny", cwd=workdir, timeout=120)
     assert result.returncode == 1, result.stderr
     err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(err) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     assert f"{DEFAULT_STORAGE} line 4 is not a valid journal record" in err[0]
 
 
@@ -124,7 +127,8 @@ def test_a_run_resumes_after_a_torn_journal(write_space, workdir):
     assert (workdir / f"{DEFAULT_STORAGE}{TORN_SUFFIX}").read_bytes() == torn + b"\n"
     study = optuna.load_study(study_name="tiny", storage=open_storage(DEFAULT_STORAGE))
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and len(states) == 3  # the budget, exactly
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert len(states) == 3  # the budget, exactly
 
     status = run_cli("status", "--study", "tiny", "--format", "json", cwd=workdir, timeout=120)
     assert status.returncode == 0, status.stderr

@@ -39,6 +39,7 @@ def test_runs_finishing_together_never_leave_a_torn_state_file(workdir):
     assert [w.exitcode for w in writers] == [0] * WRITERS
     assert reads > 0
     last = last_run.last_run()
-    assert last is not None and last.study_name.startswith("study-")
+    assert last is not None
+    assert last.study_name.startswith("study-")
     # Nothing left behind but the state file itself (each write's temporary name is renamed away).
     assert sorted(p.name for p in LAST_RUN_FILE.parent.iterdir()) == [LAST_RUN_FILE.name]

@@ -93,8 +93,10 @@ def test_register_makes_versions_that_predict_without_hpsearch(finished_study, t
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
     assert loaded["input_shape"] == [-1, 3, IMAGE_SIZE, IMAGE_SIZE]
     facts = loaded["metadata"]["hpsearch"]
-    assert facts["mean"] == pytest.approx(IMAGENET_MEAN) and facts["std"] == pytest.approx(IMAGENET_STD)
-    assert facts["image_size"] == IMAGE_SIZE and facts["class_names"] == [str(i) for i in range(10)]
+    assert facts["mean"] == pytest.approx(IMAGENET_MEAN)
+    assert facts["std"] == pytest.approx(IMAGENET_STD)
+    assert facts["image_size"] == IMAGE_SIZE
+    assert facts["class_names"] == [str(i) for i in range(10)]
 
     version = MlflowClient(uri).get_model_version("finished", "1")
     assert version.run_id == record["mlflow_run_id"]
@@ -121,7 +123,8 @@ def test_register_through_a_tracking_server(finished_study, mlflow_server, tmp_p
     assert record["registered"]["model_uri"] == "models:/winner/1"
     client = MlflowClient(server)
     version = client.get_model_version("winner", "1")
-    assert version.run_id == record["mlflow_run_id"] and version.tags["optuna.study_name"] == "finished"
+    assert version.run_id == record["mlflow_run_id"]
+    assert version.tags["optuna.study_name"] == "finished"
     # Where the server's registry says version 1 is, loaded (loading without hpsearch is the test above).
     local = mlflow.artifacts.download_artifacts(client.get_model_version_download_uri("winner", "1"),
                                                 dst_path=str(tmp_path), tracking_uri=server)

@@ -47,7 +47,8 @@ def _imports(path: Path) -> set[str]:
 
 def test_no_module_imports_itself_through_others():
     graph = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py") if p.stem not in ("__main__", "__init__")}
-    assert len(graph) > 60 and "hpsearch.engine.train" in graph
+    assert len(graph) > 60
+    assert "hpsearch.engine.train" in graph
 
     def cycle_from(start: str) -> list[str] | None:
         trail, todo = {start: [start]}, [start]
@@ -74,7 +75,7 @@ def test_the_folders_are_the_layers():
         "tracking"]
 
 
-@pytest.mark.parametrize("module, injected, broken", [
+@pytest.mark.parametrize(("module", "injected", "broken"), [
     ("engine/train.py", "import click", ("Only the command line talks to the terminal", "The trainer needs torch")),
     ("engine/train.py", "import optuna", ("The trainer needs torch alone",)),
     ("spec/study_spec.py", "import torch", ("A space file parses without torch",)),
@@ -108,7 +109,7 @@ def _import_without(blocked: tuple[str, ...], modules: tuple[str, ...]) -> subpr
     return _run_without(blocked, f"for name in {modules!r}: __import__(name)\n")
 
 
-@pytest.mark.parametrize("blocked, modules", [
+@pytest.mark.parametrize(("blocked", "modules"), [
     # GPU boxes may carry torch alone: the trainer and what it reads import nothing else of hpsearch's.
     (("optuna", "mlflow", "yaml", "click", "rich", "sqlalchemy"),
      ("hpsearch.engine.data", "hpsearch.engine.models", "hpsearch.engine.train", "hpsearch.core.data_config",
@@ -139,7 +140,7 @@ def test_every_shipped_space_validates_without_torch():
     ]
 
 
-@pytest.mark.parametrize("model, refusal", [
+@pytest.mark.parametrize(("model", "refusal"), [
     ({"name": "mobilenet_v9"}, "task.model.name: unknown model 'mobilenet_v9' (did you mean 'mobilenet_v2'?)"),
     ({"name": "mobilenet_v2", "weights": "IMAGENET9K"},
      "task.model.weights: mobilenet_v2 has no weights 'IMAGENET9K' "

@@ -74,9 +74,11 @@ def test_a_multi_objective_search_over_backbones(workdir, capsys):
     assert len(trials) == 5
     status = {r["number"]: r for r in json.loads(invoke("status", space, "--format", "json").output)}
     for number, run in trials.items():
-        assert run.data.params["model"] in BACKBONES and run.data.params["image_size"] in ("16", "24")
+        assert run.data.params["model"] in BACKBONES
+        assert run.data.params["image_size"] in ("16", "24")
         assert run.data.metrics["latency_ms"] > 0
-        assert run.data.metrics["size_mb"] > 0.1 and 0.1 < run.data.metrics["params_m"] < 3
+        assert run.data.metrics["size_mb"] > 0.1
+        assert 0.1 < run.data.metrics["params_m"] < 3
         # A pruned trial's objectives are measured on the pruned model: half its weights, its own accuracy.
         full_size = {"mobilenet_v3_small": 1.5, "shufflenet_v2_x0_5": 0.35}[run.data.params["model"]]
         if run.data.params["prune_amount"] == "0.5":
@@ -87,7 +89,8 @@ def test_a_multi_objective_search_over_backbones(workdir, capsys):
             assert "compressed_val_accuracy" not in run.data.metrics
 
     front = json.loads(invoke("best", space, "--format", "json").output)
-    assert front["study_name"] == STUDY and front["tracking_uri"] == DEFAULT_TRACKING_URI
+    assert front["study_name"] == STUDY
+    assert front["tracking_uri"] == DEFAULT_TRACKING_URI
     assert front["objectives"] == [{"metric": "val_accuracy", "direction": "maximize"},
                                    {"metric": "latency_ms", "direction": "minimize"}]
     points = front["pareto"]
@@ -109,7 +112,8 @@ def test_a_multi_objective_search_over_backbones(workdir, capsys):
     assert "*" in invoke("status", space).output
 
     table = invoke("best", space).output
-    assert "Pareto front" in table and "latency_ms" in table
+    assert "Pareto front" in table
+    assert "latency_ms" in table
 
     parent = next(r for r in runs if r.data.tags.get("hpsearch.role") == "study")
     parent = client.get_run(parent.info.run_id)
@@ -131,4 +135,5 @@ def test_a_multi_objective_search_over_backbones(workdir, capsys):
     winner = load_spec(workdir / "chosen" / "best.yaml")
     assert winner.task.model.name == chosen["params"]["model"]
     assert winner.task.data.image_size == chosen["params"]["image_size"]
-    assert winner.search_space == {} and (workdir / "chosen" / "model.pt").is_file()
+    assert winner.search_space == {}
+    assert (workdir / "chosen" / "model.pt").is_file()

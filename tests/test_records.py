@@ -70,7 +70,7 @@ def test_failing_a_trial_that_finished_meanwhile_changes_nothing():
     assert (frozen.state, frozen.value, frozen.user_attrs) == (TrialState.COMPLETE, 0.5, {})
 
 
-@pytest.mark.parametrize("failure, retried", [
+@pytest.mark.parametrize(("failure", "retried"), [
     (FailureKind.KILLED, True), (FailureKind.REAPED, True), (FailureKind.INTERRUPTED, True),
     (FailureKind.OOM, False), (FailureKind.NONFINITE, False), (FailureKind.ERROR, False),
 ])
@@ -133,7 +133,8 @@ def test_a_checkpoint_that_cannot_be_stored_is_tagged_and_reported(tracker, monk
     background_writer.drain()  # it happens on the writer thread
     assert reported == ["No space left on device"]
     closed = tracker.client.get_run(run.run_id)
-    assert closed.info.status == "FINISHED" and closed.data.tags["hpsearch.state"] == "COMPLETE"
+    assert closed.info.status == "FINISHED"
+    assert closed.data.tags["hpsearch.state"] == "COMPLETE"
     assert closed.data.tags[record_keys.TAG_CHECKPOINT_ERROR] == "No space left on device"
     # Nothing lost: the weights are kept on local disk, where `best` finds them.
     import torch
@@ -143,7 +144,8 @@ def test_a_checkpoint_that_cannot_be_stored_is_tagged_and_reported(tracker, monk
 
     stored, reported = _trial_run(tracker), []
     stored.finish("COMPLETE", checkpoint=None, on_checkpoint_error=reported.append)
-    assert reported == [] and record_keys.TAG_CHECKPOINT_ERROR not in tracker.client.get_run(stored.run_id).data.tags
+    assert reported == []
+    assert record_keys.TAG_CHECKPOINT_ERROR not in tracker.client.get_run(stored.run_id).data.tags
 
 
 # ------------------------------------------------------------------ worker → parent events
@@ -201,10 +203,12 @@ def test_the_parent_acts_on_each_kind_of_event(capsys):
     orchestrator._handle_event(0, WorkerFree(99))  # not the trial in hand
     assert handle.trial_id is not None
     orchestrator._handle_event(0, WorkerFree(0))
-    assert handle.trial_id is None and handle.trial_number is None
+    assert handle.trial_id is None
+    assert handle.trial_number is None
 
     orchestrator._handle_event(0, WorkerFatal("no dataset"))
-    assert orchestrator.fatal == "no dataset" and orchestrator.stop_requested
+    assert orchestrator.fatal == "no dataset"
+    assert orchestrator.stop_requested
 
 
 def test_a_lost_checkpoint_is_a_warning_at_once_and_a_count_in_the_summary(capsys):
@@ -259,7 +263,7 @@ def test_only_records_reaches_into_optunas_private_api():
     assert offenders == []
 
 
-@pytest.mark.parametrize("error, waits, said", [
+@pytest.mark.parametrize(("error", "waits", "said"), [
     (MlflowException("API request to http://h/api/2.0/mlflow/runs/create failed with exception "
                      "HTTPConnectionPool(host='h', port=5000): Max retries exceeded with url: /api "
                      "(Caused by NewConnectionError(...: [Errno 111] Connection refused'))"),

@@ -30,7 +30,8 @@ def assert_exact_budget(storage, n: int) -> None:
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert TrialState.RUNNING not in states
+    assert TrialState.WAITING not in states
 
 
 def test_two_runs_share_a_postgresql_study(write_space, workdir, postgres_url):

@@ -82,7 +82,8 @@ def test_default_order_is_by_number_and_top_keeps_the_first_rows(capsys, make_st
     assert [r["number"] for r in json.loads(out)] == [0, 1, 2]
     code, out, err = status(capsys, storage, "--top", "2", "--sort", "value")
     assert code == 0, err
-    assert "study s: 2 of 7 trials" in out and "COMPLETE" in out
+    assert "study s: 2 of 7 trials" in out
+    assert "COMPLETE" in out
     code, out, err = status(capsys, storage, "--format", "json", "--sort", "number", "--top", "100")
     assert code == 0, err
     assert [r["number"] for r in json.loads(out)] == [t.number for t in study.trials]
@@ -106,7 +107,8 @@ def test_csv_columns_stay_put_however_sorted(capsys, workdir):
 def test_top_below_one_is_refused_in_one_line(capsys, make_study, top):
     storage, _ = make_study("maximize", OUTCOMES[:1])
     code, out, err = status(capsys, storage, "--top", top)
-    assert code == 2 and out == ""
+    assert code == 2
+    assert out == ""
     assert err == f"error: --top: must be >= 1, got {top}\n"
 
 
@@ -129,9 +131,15 @@ def test_rows_keep_their_values_through_the_data_frame(capsys, workdir):
     rows = json.loads(out)
     assert list(rows[0]) == ["number", "state", "value", "epochs_run", "duration_s", "params", "mlflow_run_id",
                              "reason"]
-    assert rows[0]["value"] is None and rows[0]["mlflow_run_id"] == "abc123" and rows[0]["reason"] is None
+    assert rows[0]["value"] is None
+    assert rows[0]["mlflow_run_id"] == "abc123"
+    assert rows[0]["reason"] is None
     assert list(rows[0]["params"].items()) == list(first.params.items())  # in suggestion order, ints as ints
     assert all(type(v) is type(first.params[k]) for k, v in rows[0]["params"].items())
-    assert rows[1]["state"] == "FAIL" and rows[1]["value"] is None and rows[1]["epochs_run"] == 2
-    assert rows[1]["params"] == {"lr": second.params["lr"]} and rows[1]["reason"] == "RuntimeError: boom\nwhere"
-    assert rows[1]["mlflow_run_id"] is None and isinstance(rows[1]["duration_s"], float)
+    assert rows[1]["state"] == "FAIL"
+    assert rows[1]["value"] is None
+    assert rows[1]["epochs_run"] == 2
+    assert rows[1]["params"] == {"lr": second.params["lr"]}
+    assert rows[1]["reason"] == "RuntimeError: boom\nwhere"
+    assert rows[1]["mlflow_run_id"] is None
+    assert isinstance(rows[1]["duration_s"], float)

@@ -26,7 +26,9 @@ def test_status_prints_a_fail_reason_with_markup(capsys, workdir):
         main(["status", "--study", "tiny", "--storage", storage])
     out, err = capsys.readouterr()
     assert exc.value.code == 0, err
-    assert "FAIL" in out and "[/x]" in out and "[bold]" in out  # shown as written, not interpreted
+    assert "FAIL" in out
+    assert "[/x]" in out
+    assert "[bold]" in out  # shown as written, not interpreted
 
 
 def test_live_view_prints_a_fail_reason_with_markup(capsys):
@@ -38,10 +40,11 @@ def test_live_view_prints_a_fail_reason_with_markup(capsys):
         live.message(REASON)
         live.close()
     out = capsys.readouterr().out
-    assert "[/x]" in out and "[bold]" in out
+    assert "[/x]" in out
+    assert "[bold]" in out
 
 
-@pytest.mark.parametrize("state, value", [(optuna.trial.TrialState.FAIL, None),
+@pytest.mark.parametrize(("state", "value"), [(optuna.trial.TrialState.FAIL, None),
                                           (optuna.trial.TrialState.PRUNED, 0.75)])
 def test_status_shows_a_pruned_trials_last_value_and_no_value_for_a_failed_one(capsys, workdir, state, value):
     storage = str(workdir / "studies" / "journal.log")

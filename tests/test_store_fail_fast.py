@@ -206,7 +206,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, option, says, when", CASES)
+@pytest.mark.parametrize(("argv", "option", "says", "when"), CASES)
 def test_a_store_that_was_never_there_is_one_line_and_exit_2(argv, option, says, when, places, request, project,
                                                              capsys, monkeypatch):
     values = dict(places)
@@ -216,7 +216,8 @@ def test_a_store_that_was_never_there_is_one_line_and_exit_2(argv, option, says,
     code, err, seconds = _cli(capsys, *(arg.format(**values) for arg in argv))
     lines = err.strip().splitlines()
     assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith(f"error: {option} "), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {option} "), err
     assert says.format(**values) in lines[0], err
     assert PASSWORD not in err
     if when == WAITS:
@@ -281,7 +282,7 @@ def _operational(message: str) -> Exception:
     return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(message))
 
 
-@pytest.mark.parametrize("message, transient", [
+@pytest.mark.parametrize(("message", "transient"), [
     ('connection to server at "h", port 5432 failed: Connection refused', True),
     ("server closed the connection unexpectedly", True),
     ("FATAL:  the database system is starting up", True),
@@ -311,7 +312,7 @@ def test_a_database_dropped_mid_study_fails_at_once_not_after_the_patience(postg
     assert time.monotonic() - started < AT_ONCE_SECONDS
 
 
-@pytest.mark.parametrize("url, args", [
+@pytest.mark.parametrize(("url", "args"), [
     ("postgresql://u@h/db", {"connect_timeout": 7}),
     ("postgresql+psycopg://u@h/db", {"connect_timeout": 7}),
     ("postgresql://u@h/db?connect_timeout=30", {}),  # the user's own stays

@@ -77,8 +77,10 @@ def test_a_study_name_from_storage_is_held_to_the_file_rule(workdir, capsys, com
     before = _files_outside_studies(workdir)
     code, out, err = _cli(capsys, command[0], "--study", name, *command[1:])
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: --study: "), err
-    assert "\x1b" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: --study: "), err
+    assert "\x1b" not in err
+    assert "Traceback" not in err
     assert _files_outside_studies(workdir) == before  # nothing written outside studies/
     assert not (workdir / "elsewhere").exists()
 
@@ -88,7 +90,8 @@ def test_a_study_name_from_the_last_run_file_is_held_to_the_same_rule(workdir, c
     LAST_RUN_FILE.write_text(json.dumps({"study_name": "../../x", "storage": None,
                                          "tracking_uri": "sqlite:///mlruns/mlflow.db", "space_file": None}))
     code, _, err = _cli(capsys, "report")
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
     assert str(LAST_RUN_FILE) in err
     assert _files_outside_studies(workdir) == []
 
@@ -98,8 +101,10 @@ def test_a_study_folder_that_links_outside_studies_is_refused(workdir, capsys):
     (workdir / "outside").mkdir()
     (workdir / "studies" / "tiny").symlink_to(workdir / "outside")
     code, _, err = _cli(capsys, "report", "--study", "tiny")
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "outside" in err and "studies" in err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "outside" in err
+    assert "studies" in err
     assert list((workdir / "outside").iterdir()) == []
 
 
@@ -118,20 +123,22 @@ HOSTILE_DATA = [
 ]
 
 
-@pytest.mark.parametrize("how, commands", HOSTILE_DATA)
+@pytest.mark.parametrize(("how", "commands"), HOSTILE_DATA)
 def test_control_sequences_from_study_data_are_shown_escaped(workdir, capsys, how, commands):
     _plain_study("tiny", **how)
     for command in commands:
         code, out, err = _cli(capsys, command[0], "--study", "tiny", *command[1:])
         assert code == 0, err
-        assert "\x1b" not in out + err and "\x07" not in out + err, command
+        assert "\x1b" not in out + err, command
+        assert "\x07" not in out + err, command
         assert ESCAPED[:20] in out.replace("\n", ""), (command, out)  # the table may fold a long cell
 
 
 def test_json_output_keeps_study_data_exact(workdir, capsys):
     _plain_study("tiny", params={"opt": "adam" + ESC})
     code, out, _ = _cli(capsys, "status", "--study", "tiny", "--format", "json")
-    assert code == 0 and "\x1b" not in out  # JSON encodes the byte itself
+    assert code == 0
+    assert "\x1b" not in out  # JSON encodes the byte itself
     assert json.loads(out)[0]["params"]["opt"] == "adam" + ESC
 
 
@@ -147,7 +154,9 @@ def test_live_view_shows_a_fail_reason_escaped(capsys):
         live.message("boom" + ESC)
         live.close()
     out = capsys.readouterr().out
-    assert "\x1b]0" not in out and "\x07" not in out and "boom\\x1b]0;pwned" in out
+    assert "\x1b]0" not in out
+    assert "\x07" not in out
+    assert "boom\\x1b]0;pwned" in out
 
 
 # ------------------------------------------------------------------ the last run file
@@ -166,5 +175,6 @@ def test_a_malformed_last_run_file_counts_as_absent(workdir, capsys, text):
     LAST_RUN_FILE.parent.mkdir()
     LAST_RUN_FILE.write_text(text)
     code, _, err = _cli(capsys, "status")
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
     assert "no study has been run from this folder yet" in err

@@ -108,13 +108,15 @@ def test_writes_still_undelivered_at_exit_are_named_kept_and_fail_the_run(write_
     assert rc == 1, output
     assert "giving up in" in output  # the countdown
     assert "MLflow write(s) not delivered" in output
-    assert "trial 0's checkpoint" in output and "the close of trial 0's run" in output, output
+    assert "trial 0's checkpoint" in output, output
+    assert "the close of trial 0's run" in output, output
     assert "the close of the study's parent run" in output, output
 
     # The study itself is whole: the trial is COMPLETE, its loss recorded in the study.
     study = _study(workdir)
     (trial,) = study.get_trials(deepcopy=False)
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs[ATTR_CHECKPOINT_PENDING] is True
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs[ATTR_CHECKPOINT_PENDING] is True
     assert any(item.startswith("trial 0's checkpoint") for item in study.user_attrs[STUDY_UNDELIVERED])
 
     # The checkpoint was kept on local disk: `best` says so plainly, and --export hands it over.
@@ -126,4 +128,5 @@ def test_writes_still_undelivered_at_exit_are_named_kept_and_fail_the_run(write_
     assert "never reached the tracking store" in record["checkpoint_note"], record
     assert record["checkpoint_local"].endswith(f"studies/undelivered/{trial.user_attrs['mlflow_run_id']}/model.pt")
     state = torch.load(record["exported"]["model.pt"], weights_only=True)
-    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state
+    assert all(isinstance(v, torch.Tensor) for v in state.values())

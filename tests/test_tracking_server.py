@@ -86,5 +86,6 @@ def test_a_checkpoint_that_cannot_be_stored_is_a_warning_and_counted_in_the_summ
     # `best` takes the kept copy and says why it is not in MLflow
     best = run_cli("best", "--format", "json", cwd=workdir)
     record = json.loads(best.stdout)
-    assert record["checkpoint"] is None and record["checkpoint_local"].endswith("/model.pt")
+    assert record["checkpoint"] is None
+    assert record["checkpoint_local"].endswith("/model.pt")
     assert record["checkpoint_note"].startswith("trial 0's checkpoint never reached the tracking store: [Errno 20]")

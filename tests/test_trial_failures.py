@@ -58,7 +58,7 @@ def failing_build(exc):
 
 
 @pytest.mark.parametrize(
-    "exc, expected",
+    ("exc", "expected"),
     [
         (RuntimeError("boom in the data pipeline"), "RuntimeError: boom in the data pipeline"),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
@@ -72,7 +72,8 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
         patch.setattr(objective, "build_trainer", failing_build(exc))
         first = context.study.ask()
         outcome = run_trial(context, first._trial_id)
-    assert outcome.state == "FAIL" and expected in outcome.reason
+    assert outcome.state == "FAIL"
+    assert expected in outcome.reason
     background_writer.drain()  # the worker closes runs on its writer thread
 
     frozen = context.study.trials[0]
@@ -87,7 +88,8 @@ def test_failure_ends_the_trial_and_the_worker_goes_on(context, monkeypatch, exc
     # the same worker context trains the next trial normally
     second = context.study.ask()
     outcome = run_trial(context, second._trial_id)
-    assert outcome.state == "COMPLETE" and outcome.value > 0
+    assert outcome.state == "COMPLETE"
+    assert outcome.value > 0
 
 
 def test_trial_seed_is_the_same_everywhere_and_differs_between_trials():
@@ -141,7 +143,8 @@ def test_a_finished_trial_releases_its_model_and_trainer(context, monkeypatch):
         assert run_trial(context, context.study.ask()._trial_id).state == "COMPLETE"
     background_writer.drain()
     gc.collect()
-    assert len(refs) == 4 and all(r() is None for r in refs)
+    assert len(refs) == 4
+    assert all(r() is None for r in refs)
 
 
 def test_a_trial_reaped_by_another_run_while_it_trains_ends_cleanly(context, monkeypatch):
@@ -197,7 +200,7 @@ ATTEMPTS = [
 ]
 
 
-@pytest.mark.parametrize("failures, retried", ATTEMPTS)
+@pytest.mark.parametrize(("failures", "retried"), ATTEMPTS)
 def test_a_configuration_is_retried_until_it_has_really_run(failures, retried):
     study = optuna.create_study()
     for i, failure in enumerate(failures):
@@ -212,7 +215,8 @@ def test_a_configuration_is_retried_until_it_has_really_run(failures, retried):
     assert retries.enqueue_retry(study, last) is retried
     if retried:
         waiting = study.trials[-1]
-        assert waiting.state == TrialState.WAITING and waiting.system_attrs["fixed_params"] == study.trials[0].params
+        assert waiting.state == TrialState.WAITING
+        assert waiting.system_attrs["fixed_params"] == study.trials[0].params
         assert waiting.user_attrs[record_keys.ATTR_RETRY_OF] == 0  # the first attempt: every retry names it
         assert not retries.enqueue_retry(study, last)  # once per attempt, however often asked
 

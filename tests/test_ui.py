@@ -120,7 +120,8 @@ def test_ui_links_the_last_study_and_ctrl_c_ends_its_whole_process_tree(finished
         complete = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
                           key=lambda t: t.value, reverse=True)
         assert run_ids == [t.user_attrs["mlflow_run_id"] for t in complete[:5]]
-        assert label == f"top {len(run_ids)} trials compared" and len(run_ids) >= 2
+        assert label == f"top {len(run_ids)} trials compared"
+        assert len(run_ids) >= 2
         assert {client.get_run(r).info.experiment_id for r in run_ids} == {experiment_id}
 
         code, stderr = ui.stop(signal.SIGINT)
@@ -144,7 +145,8 @@ def test_ui_without_a_study_shows_its_start_page_and_sigterm_exits_0(workdir):
         assert b"<html" in _get(root).lower()
         tree = ui.tree()
         code, stderr = ui.stop(signal.SIGTERM)
-        assert code == 0 and "Traceback" not in stderr, stderr
+        assert code == 0, stderr
+        assert "Traceback" not in stderr, stderr
         wait_for(lambda: _gone(tree), 15, "every process of the UI's tree to end")
     finally:
         ui.kill()
@@ -162,5 +164,9 @@ def test_a_taken_port_is_one_line_exit_2(workdir):
 
 
 def test_only_loopback_addresses_count_as_private():
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.1.2.3")
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("localhost")
+    assert is_loopback("::1")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("::")
+    assert not is_loopback("10.1.2.3")

@@ -95,7 +95,8 @@ def test_report_without_an_mlflow_run_warns_once_and_still_writes_the_page(finis
                    "--out", "elsewhere", cwd=finished_study)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: the report is not attached to MLflow: "), proc.stderr
+    assert len(warnings) == 1, proc.stderr
+    assert warnings[0].startswith("WARNING: the report is not attached to MLflow: "), proc.stderr
     assert proc.stdout.splitlines()[-1] == f"elsewhere/{REPORT_PAGE}"
     assert _self_contained((finished_study / "elsewhere" / REPORT_PAGE).read_text())
 
@@ -169,7 +170,7 @@ def _multi():
     return study
 
 
-@pytest.mark.parametrize("make, not_drawn", [
+@pytest.mark.parametrize(("make", "not_drawn"), [
     (_failed, {"Hyperparameter importances"}),
     (_single, {"Hyperparameter importances"}),
     (_categorical, set()),
@@ -183,7 +184,8 @@ def test_every_study_gets_a_report_with_a_sentence_where_a_plot_does_not_apply(t
     assert _self_contained(page)
     for title in not_drawn:  # said in one sentence on the page, no picture
         assert re.search(rf"<h2>{title}</h2>.*?<p class='note'>[^<]+\.</p>", page, re.S)
-    assert all(p.is_file() for p in report.images) and len(report.images) == 6 - len(not_drawn) + (make is _multi)
+    assert all(p.is_file() for p in report.images)
+    assert len(report.images) == 6 - len(not_drawn) + (make is _multi)
     if make is _failed:
         assert "out of memory: &lt;b&gt;resnet&lt;/b&gt;" in page  # a fail reason is text, never markup
     if make is _multi:
@@ -222,8 +224,10 @@ def test_a_200_trial_study_reports_and_tells_its_story_in_seconds(tmp_path, monk
     started = time.monotonic()
     report, problem = study_story.publish(study, "sqlite:///mlruns/mlflow.db", tmp_path / "report", parent)
     seconds = time.monotonic() - started
-    assert problem is None and seconds < 60, (problem, seconds)
-    assert report.notes == {} and re.search(r"cuda:0 #0 \(\d+% busy\)", report.page.read_text())
+    assert problem is None, (problem, seconds)
+    assert seconds < 60, (problem, seconds)
+    assert report.notes == {}
+    assert re.search(r"cuda:0 #0 \(\d+% busy\)", report.page.read_text())
 
     run = tracker.client.get_run(run_id)
     assert (run.data.metrics["trials_complete"], run.data.metrics["trials_pruned"],
@@ -231,7 +235,8 @@ def test_a_200_trial_study_reports_and_tells_its_story_in_seconds(tmp_path, monk
     history = tracker.client.get_metric_history(run_id, "best_value")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(history) == len(finished) == 150
-    assert min(m.value for m in history) == pytest.approx(1 / 17) and not any(math.isnan(m.value) for m in history)
+    assert min(m.value for m in history) == pytest.approx(1 / 17)
+    assert not any(math.isnan(m.value) for m in history)
     assert run.data.tags["best.optimizer"] == str(study.best_trial.params["optimizer"])
 
 

@@ -78,7 +78,8 @@ def test_a_gpu_index_outside_the_parents_mask_is_an_error():
 def test_trials_packed_on_a_gpu_share_its_memory():
     assert [s.memory_fraction for s in plan_slots("auto", 1, gpu_count=2)] == [None, None]
     fractions = [s.memory_fraction for s in plan_slots("auto", 4, gpu_count=1)]
-    assert len(fractions) == 4 and all(0.2 < f <= 0.25 for f in fractions)
+    assert len(fractions) == 4
+    assert all(0.2 < f <= 0.25 for f in fractions)
     assert sum(fractions) < 1.0  # a margin for each process's CUDA context
     assert all(s.memory_fraction is None for s in plan_slots("cpu", 2, gpu_count=0, cpu_count=2))
 
@@ -92,7 +93,8 @@ def test_auto_trials_per_device_is_one_per_gpu_and_one_single_threaded_trial_per
 
 
 def test_slot_label():
-    assert Slot(0, None).label == "cpu" and Slot(1, 3).label == "cuda:3"
+    assert Slot(0, None).label == "cpu"
+    assert Slot(1, 3).label == "cuda:3"
 
 
 # ------------------------------------------------------------------ real worker processes
@@ -174,12 +176,14 @@ def test_a_killed_worker_fails_its_trial_which_is_retried_and_the_budget_is_met(
     assert dead.state == TrialState.FAIL
     assert "worker process died (killed by signal 9)" in dead.user_attrs["fail_reason"]
     retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].params == dead.params
+    assert len(retries) == 1
+    assert retries[0].params == dead.params
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     killed = client.get_run(dead.user_attrs["mlflow_run_id"])
-    assert killed.info.status == "KILLED" and killed.data.tags["hpsearch.state"] == "FAIL"
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["hpsearch.state"] == "FAIL"
     assert_nothing_left_running(workdir)
 
 
@@ -192,7 +196,8 @@ def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, w
     assert stopped_in < 15, stopped_in
     assert "run the same command again to resume" in output
     interrupted = load(workdir).trials[victim.number]
-    assert interrupted.state == TrialState.FAIL and "interrupted" in interrupted.user_attrs["fail_reason"]
+    assert interrupted.state == TrialState.FAIL
+    assert "interrupted" in interrupted.user_attrs["fail_reason"]
     assert_nothing_left_running(workdir)
 
     result = run_cli("run", str(space), "--n-trials", "2", cwd=workdir)
@@ -200,7 +205,8 @@ def test_sigint_stops_within_seconds_and_the_same_command_resumes(write_space, w
     study = load(workdir)
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
     retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].params == interrupted.params
+    assert len(retries) == 1
+    assert retries[0].params == interrupted.params
     assert_nothing_left_running(workdir)
 
 
@@ -224,9 +230,11 @@ def test_a_run_killed_outright_is_reaped_and_retried_by_the_next_run(write_space
     assert "reaped 1 orphaned trial" in result.stdout
     study = load(workdir)
     reaped = study.trials[victim.number]
-    assert reaped.state == TrialState.FAIL and "worker process was gone" in reaped.user_attrs["fail_reason"]
+    assert reaped.state == TrialState.FAIL
+    assert "worker process was gone" in reaped.user_attrs["fail_reason"]
     retries = [t for t in study.trials if t.user_attrs.get("hpsearch.retry_of") == victim.number]
-    assert len(retries) == 1 and retries[0].params == reaped.params
+    assert len(retries) == 1
+    assert retries[0].params == reaped.params
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     assert client.get_run(reaped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
@@ -265,7 +273,8 @@ def test_workers_do_not_outlive_a_killed_orchestrator(write_space, workdir):
     proc.wait(30)
     wait_for(lambda: not _alive(worker), 30, "the orphaned worker to exit")
     trial = load(workdir).trials[victim.number]
-    assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs["fail_reason"]
+    assert trial.state == TrialState.FAIL
+    assert "interrupted" in trial.user_attrs["fail_reason"]
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 

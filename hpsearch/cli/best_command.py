@@ -11,7 +11,6 @@ import click
 
 from hpsearch.cli.options import echo_escaped, print_table, study_selector
 from hpsearch.core.errors import UsageError
-from hpsearch.results.retrain import evaluate_best
 from hpsearch.results.study_lookup import resolve_study
 
 
@@ -28,8 +27,9 @@ from hpsearch.results.study_lookup import resolve_study
                    "(default NAME: the study's name).")
 @click.option("--trial", "trial_number", type=click.IntRange(min=0), default=None, metavar="N",
               help="Trial N instead of the winner (any COMPLETE trial: e.g. a point of a Pareto front).")
-def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evaluate, device, register_name,
-         trial_number):
+def best(space: str | None, study_name: str | None, storage: str | None, tracking_uri: str | None, fmt: str,
+         export_dir: str | None, force: bool, evaluate: bool, device: str, register_name: str | None,
+         trial_number: int | None) -> None:
     """The best trial (value, params, trial number, MLflow run id, checkpoint), or a multi-objective study's
     Pareto front."""
     from hpsearch.results.tables import best_record, pareto_record, trial_record
@@ -60,6 +60,8 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
         out = Path(export_dir) if export_dir else default_export_dir(study.study_name)
         check_export_dir(out, force)  # refuse before any work is done
     if evaluate:
+        from hpsearch.results.retrain import evaluate_best  # torch: only --evaluate pays it
+
         record.update(evaluate_best(study, record, device, uri))
     if out is not None:
         from hpsearch.results.export import export_best
@@ -73,8 +75,13 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, default=str))
         return
+    _print_best(record, is_winner=trial_number is None, evaluated=evaluate)
+
+
+def _print_best(record: dict, is_winner: bool, evaluated: bool) -> None:
+    """One trial's record as aligned text: value(s), params, run, checkpoint and what was done with it."""
     echo_escaped(f"study        {record['study_name']}  ({record['finished_trials']} finished trials)")
-    echo_escaped(f"{'best trial' if trial_number is None else 'trial':<12} {record['trial_number']}")
+    echo_escaped(f"{'best trial' if is_winner else 'trial':<12} {record['trial_number']}")
     for metric, value in (record.get("values") or {record["metric"] or "value": record["value"]}).items():
         echo_escaped(f"{metric:<12} {value:.6g}")
     for k, v in record["params"].items():
@@ -83,14 +90,14 @@ def best(space, study_name, storage, tracking_uri, fmt, export_dir, force, evalu
     echo_escaped(f"checkpoint   {record['checkpoint'] or record['checkpoint_local'] or '-'}")
     if record.get("checkpoint_note"):
         echo_escaped(f"             ({record['checkpoint_note']})")
-    if evaluate:
+    if evaluated:
         echo_escaped(f"test         accuracy {record['test_accuracy']:.4f}, loss {record['test_loss']:.4f}")
     if "exported" in record:
         echo_escaped("exported     " + ", ".join(record["exported"].values()))
     if "registered" in record:
         registered = record["registered"]
         echo_escaped(f"registered   {registered['model_uri']}  (model {registered['name']!r}, "
-              f"version {registered['version']})")
+                     f"version {registered['version']})")
 
 
 def _print_front(record: dict, fmt: str) -> None:

@@ -133,7 +133,7 @@ class LiveView:
             self._live.update(self._table())
             self._last_refresh = time.monotonic()
 
-    def _table(self):
+    def _table(self) -> Any:
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text

@@ -31,8 +31,9 @@ from hpsearch.results.study_lookup import load_usable_spec, resolve_study
                    "(default: studies/<study>/compressed/trial-<N>/).")
 @click.option("--force", is_flag=True, help="Replace the files of an --out folder that is not empty.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def compress(space, study_name, storage, tracking_uri, trial_number, prune_amount, quantize, finetune_epochs, device,
-             out_dir, force, fmt):
+def compress(space: str | None, study_name: str | None, storage: str | None, tracking_uri: str | None,
+             trial_number: int | None, prune_amount: float, quantize: str, finetune_epochs: int, device: str,
+             out_dir: str | None, force: bool, fmt: str) -> None:
     """Prune, fine-tune and quantize a trial's model, and measure accuracy, size and latency before and after."""
     from hpsearch.results.compress import CompressOptions
     from hpsearch.results.compress import compress as compress_model
@@ -90,7 +91,7 @@ def _print_compression(result: dict) -> None:
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Where best.pt and final.pt go (default: studies/<study>/train/).")
 @tracking_option
-def train(config, device, output, tracking_uri):
+def train(config: str, device: str, output: str | None, tracking_uri: str | None) -> None:
     """One fine-tuning run of the fixed values in CONFIG (e.g. an exported best.yaml), then its test accuracy."""
     from hpsearch.results.retrain import pick_device, train_config
     from hpsearch.storage.stores import study_dir

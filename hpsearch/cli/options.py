@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from hpsearch.core.credentials import STORAGE_ENV, TRACKING_ENV
 from hpsearch.core.terminal import escaped
 
+F = TypeVar("F", bound=Callable[..., Any])  # a click command function, before and after its options
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def spec_error_type():
+def spec_error_type() -> type[Exception]:
     from hpsearch.spec.study_spec import SpecError
 
     return SpecError
@@ -23,20 +27,20 @@ def spec_error_type():
 # ---------------------------------------------------------------- shared options
 
 
-def tracking_option(f):
+def tracking_option(f: F) -> F:
     # option > environment > file: click reads the variable when the option is absent.
     return click.option("--tracking-uri", default=None, envvar=TRACKING_ENV, show_envvar=True,
                         help="MLflow tracking URI (default: the file's, else sqlite:///mlruns/mlflow.db).")(f)
 
 
-def storage_options(f):
+def storage_options(f: F) -> F:
     f = tracking_option(f)
     f = click.option("--storage", default=None, envvar=STORAGE_ENV, show_envvar=True,
                      help="Optuna storage URL or journal file (default: the file's, else studies/journal.log).")(f)
     return f
 
 
-def study_selector(f):
+def study_selector(f: F) -> F:
     f = click.option("--study", "study_name", default=None, help="Study name (instead of SPACE).")(f)
     f = click.argument("space", required=False, type=click.Path(dir_okay=False))(f)
     return storage_options(f)
@@ -66,7 +70,7 @@ def _terminal_width() -> int:
         return 160
 
 
-def _cell(v) -> str:
+def _cell(v: object) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):

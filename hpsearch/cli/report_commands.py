@@ -18,7 +18,8 @@ from hpsearch.results.study_lookup import resolve_study
 @study_selector
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Folder for report.html and the PNGs (default: studies/<study>/report/).")
-def report(space, study_name, storage, tracking_uri, out_dir):
+def report(space: str | None, study_name: str | None, storage: str | None, tracking_uri: str | None,
+           out_dir: str | None) -> None:
     """The study's plots and trials as one HTML page and PNGs, also attached to its MLflow parent run."""
     from hpsearch.reporting.html_report import default_report_dir
     from hpsearch.reporting.parent_run import publish
@@ -39,7 +40,7 @@ def report(space, study_name, storage, tracking_uri, out_dir):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Bind address (0.0.0.0 exposes it to the network: the UI has no login).")
 @tracking_option
-def ui(port, host, tracking_uri):
+def ui(port: int, host: str, tracking_uri: str | None) -> None:
     """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
     from hpsearch.cli.ui import serve_ui, study_pages
     from hpsearch.storage import last_run

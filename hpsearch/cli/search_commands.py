@@ -7,12 +7,16 @@ import csv
 import io
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from hpsearch.cli.options import EXIT_INTERRUPTED, print_table, storage_options, study_selector
 from hpsearch.core.credentials import redact
 from hpsearch.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpsearch.search.space import ParamSpec
 from hpsearch.core.terminal import escaped
 from hpsearch.results.study_lookup import load_usable_spec, resolve_study
 from hpsearch.spec.redaction import masked_spec
@@ -30,7 +34,8 @@ from hpsearch.spec.redaction import masked_spec
 @click.option("--study-name", default=None, help="Study name (overrides study.name).")
 @click.option("--seed", type=int, default=None, help="Sampler seed (overrides study.sampler.seed).")
 @storage_options
-def run(space, n_trials, timeout, devices, trials_per_device, study_name, seed, storage, tracking_uri):
+def run(space: str, n_trials: int | None, timeout: str | None, devices: str | None, trials_per_device: str | None,
+        study_name: str | None, seed: int | None, storage: str | None, tracking_uri: str | None) -> None:
     """Create or resume the study in SPACE and run its remaining trials."""
     from hpsearch.cli.live import LiveView
     from hpsearch.orchestration.preflight import check_stores
@@ -54,7 +59,7 @@ def run(space, n_trials, timeout, devices, trials_per_device, study_name, seed, 
 
 @click.command()
 @click.argument("space", type=click.Path(dir_okay=False))
-def validate(space):
+def validate(space: str) -> None:
     """Check SPACE and print the resolved space; trains nothing."""
     import yaml
 
@@ -74,14 +79,14 @@ def validate(space):
         click.echo("# no search space: every value is fixed (use `hpsearch train`)")
 
 
-def _describe_param(p) -> str:
+def _describe_param(p: ParamSpec) -> str:
     when = ""
     if p.when:
         when = " when " + ", ".join(
             f"{k}={'|'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in p.when.items()
         )
     if p.type == "categorical":
-        return f"{p.name}: one of {list(p.choices)}{when}"
+        return f"{p.name}: one of {list(p.choices or ())}{when}"
     scale = ", log" if p.log else ""
     step = f", step {p.step}" if p.step else ""
     return f"{p.name}: {p.type} in [{p.low}, {p.high}]{scale}{step}{when}"
@@ -93,13 +98,14 @@ def _describe_param(p) -> str:
 @click.option("--sort", type=click.Choice(["number", "value"]), default="number", show_default=True,
               help="Row order: trial number, or value (best first in the study's direction; none last).")
 @click.option("--top", type=int, default=None, metavar="K", help="Show only the first K rows after sorting.")
-def status(space, study_name, storage, tracking_uri, fmt, sort, top):
+def status(space: str | None, study_name: str | None, storage: str | None, tracking_uri: str | None, fmt: str,
+           sort: str, top: int | None) -> None:
     """One row per trial: state, value, duration, params."""
     from hpsearch.results.tables import flat_rows, trial_rows
 
     if top is not None and top < 1:  # before the study is opened
         raise UsageError(f"--top: must be >= 1, got {top}")
-    study, storage, uri = resolve_study(space, study_name, storage, tracking_uri)
+    study, storage, _uri = resolve_study(space, study_name, storage, tracking_uri)
     rows = trial_rows(study, sort, top)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2, default=str))

@@ -7,6 +7,7 @@ that whole tree, so that nothing keeps the port or the database after hpsearch e
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -168,17 +169,13 @@ def end_tree(proc: subprocess.Popen, hurry: threading.Event | None = None,
     except psutil.NoSuchProcess:
         tree = []
     for member in tree:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _signal_group(proc.pid, signal.SIGTERM)  # and whatever the group holds that was started meanwhile
     alive = _wait_gone(tree, grace, hurry)
     for member in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
-        except psutil.NoSuchProcess:
-            pass
     _signal_group(proc.pid, signal.SIGKILL)
     _wait_gone(alive, 5.0)
     proc.wait(5)  # reaps our own child
@@ -204,10 +201,8 @@ def _wait_gone(processes: list, seconds: float, hurry: threading.Event | None = 
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _log_reason(log_path: Path) -> str:

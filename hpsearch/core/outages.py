@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,7 +49,7 @@ def connect_deadline() -> float:
     return seconds_from_env(CONNECT_ENV, DEFAULT_CONNECT_SECONDS)
 
 
-def delays(first: float = FIRST_DELAY, cap: float = MAX_DELAY):
+def delays(first: float = FIRST_DELAY, cap: float = MAX_DELAY) -> Iterator[float]:
     """0.5, 1, 2, 4, 8, 10, 10, … seconds, each with ±20 % jitter so that many clients don't retry in step."""
     delay = first
     while True:

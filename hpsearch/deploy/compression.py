@@ -216,7 +216,7 @@ def _copy(model: nn.Module) -> nn.Module:
             setattr(m, name, weight)
 
 
-def calibration_batches(split, batches: int = 4, batch_size: int = 64) -> list[torch.Tensor]:
+def calibration_batches(split: Any, batches: int = 4, batch_size: int = 64) -> list[torch.Tensor]:
     """The first `batches` batches of a data split (unshuffled, unaugmented): what quantize_int8 calibrates on."""
     return [x for x, _ in islice(split.batches(batch_size, shuffle=False, augment=False), batches)]
 

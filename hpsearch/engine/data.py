@@ -10,7 +10,7 @@ hpsearch's dependencies.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,8 @@ CUDA_MEMORY_SHARE = 0.25  # ... and the share of the process's available device 
 class _Pipeline:
     """uint8 NCHW batch on the device → (optionally crop+flip) → float, normalised, resized."""
 
-    def __init__(self, device: torch.device, mean, std, image_size: int, augment: bool):
+    def __init__(self, device: torch.device, mean: Sequence[float], std: Sequence[float], image_size: int,
+                 augment: bool) -> None:
         self.device = device
         self.image_size = image_size
         self.augment = augment
@@ -50,7 +51,7 @@ class _Pipeline:
         # own memory format, once, instead of this converting to NCHW and the trainer back again.
         return x
 
-    def _draw(self, n: int, generator: torch.Generator | None):
+    def _draw(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image crop offsets in [0, 2·PAD] and flip flags, drawn from `generator`."""
         where = generator.device if generator is not None else self.device
         offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=where)
@@ -160,7 +161,7 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image, ImageOps
 
         with Image.open(self.paths[i]) as im:

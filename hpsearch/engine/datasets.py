@@ -244,7 +244,7 @@ def _carve(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = int(round(fraction * len(idx)))
+        k = round(fraction * len(idx))
         held_parts.append(idx[:k])
         rest_parts.append(idx[k:])
     held, rest = torch.cat(held_parts), torch.cat(rest_parts)

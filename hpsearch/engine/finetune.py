@@ -9,6 +9,7 @@ Torch-only on purpose (runs on GPU boxes that lack the rest of hpsearch's depend
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
@@ -24,7 +25,7 @@ def param_groups(model: nn.Module, hp: HParams, include_frozen: bool = False) ->
 
     Default rates give one group "all", in the model's parameter order: the optimizer of plain training.
     """
-    def wanted(params) -> list[nn.Parameter]:
+    def wanted(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
         return [p for p in params if p.requires_grad or include_frozen]
 
     if hp.backbone_lr_scale == 1 and hp.layer_decay == 1:

@@ -11,8 +11,9 @@ import functools
 import os
 import urllib.parse
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -56,7 +57,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}{hint}")
 
 
-def resolve_weights(name: str, weights: str | None):
+def resolve_weights(name: str, weights: str | None) -> Any:
     """None for "none"; a torchvision weights enum for DEFAULT / a member name / "Enum.MEMBER"; else a file path."""
     if weights is None or weights.lower() == "none":
         return None
@@ -84,7 +85,7 @@ def normalization(name: str, weights: str | None) -> tuple[tuple[float, float, f
     return tuple(transforms.mean), tuple(transforms.std)
 
 
-def _ensure_cached(weights) -> None:
+def _ensure_cached(weights: Any) -> None:
     """Put the weights file in torch hub's cache (where torchvision looks), or say where to put it by hand."""
     filename = os.path.basename(urllib.parse.urlparse(weights.url).path)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
@@ -176,7 +177,7 @@ def _note(model: nn.Module, name: str, value: object) -> None:
     object.__setattr__(model, name, value)
 
 
-def _torchvision_model(name: str, weights, num_classes: int | None = None) -> nn.Module:
+def _torchvision_model(name: str, weights: Any, num_classes: int | None = None) -> nn.Module:
     # GoogLeNet and Inception warn unless told how to initialise: keep their present default.
     extra: dict = {"init_weights": True} if weights is None and name in ("googlenet", "inception_v3") else {}
     if num_classes is not None:
@@ -362,7 +363,7 @@ def stage_parameters(model: nn.Module, stage: Stage) -> list[nn.Parameter]:
 
 
 @contextlib.contextmanager
-def _parameters_on_meta():
+def _parameters_on_meta() -> Iterator[None]:
     """Parameters go to the meta device as modules register them: a model's structure without its memory or
     initialisation (torch.device("meta") alone breaks RegNet, which computes its widths with tensors)."""
     register = nn.Module.register_parameter

@@ -4,6 +4,7 @@ that gradual unfreezing must complete.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -18,7 +19,7 @@ PLATEAU_PATIENCE = 2  # stalled epochs plateau tolerates; it cuts lr after the n
 # --------------------------------------------------------------------------- optimizer and schedule
 
 
-def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[Any], hp: HParams, lr_tensor: bool = False) -> torch.optim.Optimizer:
     """The optimizer named by hp.optimizer, over parameters or parameter groups (finetune.param_groups).
 
     lr_tensor=True prepares it for CUDA-graph capture: lr becomes a float32 tensor on the params'
@@ -26,8 +27,8 @@ def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim
     (capturable=True for Adam/AdamW/RMSprop; fused SGD, whose kernel reads lr from device memory,
     where the foreach SGD would turn a tensor lr into a host number).
     """
-    params = list(params)
-    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    given = list(params)
+    groups: list[dict[str, Any]] = given if given and isinstance(given[0], dict) else [{"params": given}]
     device = groups[0]["params"][0].device
 
     def rate(base: float) -> float | torch.Tensor:
@@ -35,20 +36,20 @@ def build_optimizer(params, hp: HParams, lr_tensor: bool = False) -> torch.optim
 
     # Each group its own lr (for capture, a tensor of its own: the scheduler updates each in place);
     # base_lr keeps it exact for the schedules that need it as a number.
-    params = [{**g, "lr": rate(g.get("lr", hp.lr)), "base_lr": g.get("lr", hp.lr)} for g in groups]
+    groups = [{**g, "lr": rate(g.get("lr", hp.lr)), "base_lr": g.get("lr", hp.lr)} for g in groups]
     lr = rate(hp.lr)
     graph: dict[str, Any] = {"capturable": True} if lr_tensor else {}
     name = hp.optimizer
     if name == "sgd":
         # Nesterov without momentum is meaningless (torch refuses it): a sampled momentum of 0 turns it off.
-        return torch.optim.SGD(params, lr=lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
+        return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
                                weight_decay=hp.weight_decay, **({"fused": True} if lr_tensor else {}))
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay, **graph)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=hp.weight_decay, **graph)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay, **graph)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=hp.weight_decay, **graph)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, **graph)
+        return torch.optim.RMSprop(groups, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, **graph)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

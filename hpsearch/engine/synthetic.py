@@ -22,7 +22,7 @@ def write_image_folder(root: Path, layout: str, classes: int, train_per_class: i
     colours = rng.integers(30, 226, (classes, 3))
     names = [f"n{i:08d}" for i in range(classes)]
 
-    def image(label: int):
+    def image(label: int) -> Image.Image:
         pixels = colours[label] + rng.normal(0, 40, (size, size, 3))
         return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 

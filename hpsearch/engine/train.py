@@ -23,8 +23,9 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ def _bf16(device: torch.device, settings: TrainSettings) -> bool:
     return device.type == "cuda" and settings.amp == "auto"
 
 
-def _autocast(device: torch.device, settings: TrainSettings, *, for_graph: bool = False):
+def _autocast(device: torch.device, settings: TrainSettings, *,
+              for_graph: bool = False) -> contextlib.AbstractContextManager[Any]:
     if _bf16(device, settings):
         # Autocast's weight-cast cache must be off inside graph capture (cached casts would be stale).
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not for_graph)
@@ -105,7 +107,7 @@ def training_format(device: torch.device | str, settings: TrainSettings) -> tupl
     return _bf16(device, settings), _memory_format(device, settings) == torch.channels_last
 
 
-def evaluate(model: nn.Module, split, *, device, settings: TrainSettings = TrainSettings(),
+def evaluate(model: nn.Module, split: Any, *, device: torch.device | str, settings: TrainSettings = TrainSettings(),
              batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over the whole split, unaugmented. Leaves the model in eval mode.
 
@@ -138,7 +140,7 @@ _failed_graphs: list = []
 
 
 @contextlib.contextmanager
-def _capturable_stepped_eagerly():
+def _capturable_stepped_eagerly() -> Iterator[None]:
     """torch warns when a capturable optimizer steps outside a graph: expected in warm-up and ragged steps."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
@@ -181,7 +183,7 @@ def _out_of_memory(error: BaseException) -> torch.OutOfMemoryError | None:
     return None
 
 
-def _release_unfinished_pool(pool) -> bool:
+def _release_unfinished_pool(pool: Any) -> bool:
     """End the allocator's routing into a failed capture's pool and release the pool, when capture_end
     raised before doing so (True); False when the capture never began or capture_end got that far."""
     if pool is None:
@@ -207,9 +209,9 @@ class Trainer:
     device in inference precision and never trained.
     """
 
-    def __init__(self, model: nn.Module, data, hp: HParams, *, device, settings: TrainSettings = TrainSettings(),
-                 metric: str = "val_accuracy", direction: str = "maximize", seed: int = 0,
-                 teacher: nn.Module | None = None):
+    def __init__(self, model: nn.Module, data: Any, hp: HParams, *, device: torch.device | str,
+                 settings: TrainSettings = TrainSettings(), metric: str = "val_accuracy",
+                 direction: str = "maximize", seed: int = 0, teacher: nn.Module | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if direction not in DIRECTIONS:
@@ -337,7 +339,8 @@ class Trainer:
                     self.use_graphs = False
                     self._eager_step(x, y)
                     return
-        assert self._graph is not None and self._static is not None
+        assert self._graph is not None
+        assert self._static is not None
         static_x, static_y = self._static
         static_x.copy_(x)  # into the model's memory format, if x is not in it yet
         static_y.copy_(y)

@@ -169,9 +169,8 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
     """
     spec, study = context.spec, context.study
     checkpoint = None
-    if run is not None and trainer is not None and state != "FAIL" and spec.tracking.checkpoints != "none":
-        if spec.tracking.checkpoints == "all" or state == "COMPLETE":
-            checkpoint = trainer.best_state_dict_cpu()
+    if run is not None and trainer is not None and _keeps_checkpoint(spec.tracking.checkpoints, state):
+        checkpoint = trainer.best_state_dict_cpu()
     if state == "COMPLETE" and value is None:
         state, reason, failure = "FAIL", "the trainer produced no value", FailureKind.ERROR
     if run is not None:
@@ -199,6 +198,18 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
         else:
             reason = f"ended {state} here, but another run had already marked it {told} (it looked orphaned)"
             state, failure = told, FailureKind.REAPED
+    _free_device_memory(trainer)
+    return state, reason, failure
+
+
+def _keeps_checkpoint(policy: str, state: str) -> bool:
+    """Whether a trial that ended `state` stores its best weights under `tracking.checkpoints: policy`."""
+    if state == "FAIL" or policy == "none":
+        return False
+    return policy == "all" or state == "COMPLETE"
+
+
+def _free_device_memory(trainer: Trainer | None) -> None:
     if trainer is not None:
         trainer.release()
     gc.collect()
@@ -209,4 +220,3 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
             torch.cuda.empty_cache()
     except Exception:
         pass
-    return state, reason, failure

@@ -166,7 +166,7 @@ class Orchestrator:
             if handle.ready and handle.trial_id is None and may_start:
                 with locks.budget_lock(self.storage_url, self.study.study_name,
                                            should_stop=lambda: self.stop_requested):
-                    done, may_start = self._budget_left()  # fresh, under the lock
+                    _done, may_start = self._budget_left()  # fresh, under the lock
                     if may_start:
                         self._dispatch(handle)
 

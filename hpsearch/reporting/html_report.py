@@ -94,7 +94,7 @@ class _Known(BaseImportanceEvaluator):
     def __init__(self, importances: dict[str, float]):
         self.importances = importances
 
-    def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
+    def evaluate(self, study: Any, params: Any = None, *, target: Any = None) -> dict[str, float]:
         return dict(self.importances)
 
 
@@ -270,7 +270,7 @@ def _timeline_matplotlib(view: _View) -> Any:
 
     bars, busy = _slot_bars(view.trials)
     lanes = list(busy)
-    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.45 * len(lanes)), tight_layout=True)
+    _fig, ax = plt.subplots(figsize=(10, 1.5 + 0.45 * len(lanes)), tight_layout=True)
     for state, color in STATE_COLORS.items():
         mine = [b for b in bars if b.state == state]
         if mine:

@@ -18,6 +18,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,7 @@ class Measured:
 
 
 def compress(study: optuna.Study, record: dict[str, Any], tracking_uri: str, options: CompressOptions,
-             out_dir: Path | None, on_step=lambda line: None) -> dict[str, Any]:
+             out_dir: Path | None, on_step: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Compress the trial `record` describes (report.trial_record) and measure it before and after; log it
     as a child run of the trial's run and, with `out_dir`, write the compressed file and compression.json
     there. Returns what compression.json holds."""
@@ -138,7 +139,7 @@ def compress(study: optuna.Study, record: dict[str, Any], tracking_uri: str, opt
 
 
 def _prune(model: nn.Module, spec: Spec, hp: Any, data: TaskData, options: CompressOptions,
-           on_step) -> tuple[nn.Module, int]:
+           on_step: Callable[[str], None]) -> tuple[nn.Module, int]:
     """Prune, fine-tune with the masks on (keeping the best epoch by the study's metric), make permanent.
     Returns the model and the epochs it fine-tuned."""
     if options.prune == 0:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
@@ -19,6 +19,11 @@ from hpsearch.orchestration.builders import build_model_for, build_trainer, hpar
 from hpsearch.spec.spec_types import Spec
 from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.tracking import study_runs
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpsearch.engine.train import EpochStats
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -72,7 +77,7 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
     try:
         trainer, data = build_trainer(spec, hp, device, trial_seed(spec.study.seed, 0))
 
-        def log(stats) -> None:
+        def log(stats: EpochStats) -> None:
             run.log_epoch(stats.epoch, stats.as_dict())
             if on_epoch:
                 on_epoch(stats.as_dict() | {"epoch": stats.epoch, "epochs": hp.epochs})
@@ -120,7 +125,7 @@ def evaluate_checkpoint(spec: Spec, params: dict[str, Any], checkpoint: Path, de
     return evaluate(model, task_data.test, device=device, settings=TrainSettings(**spec.settings))
 
 
-def evaluate_best(study, record, device, uri: str) -> dict:
+def evaluate_best(study: optuna.Study, record: dict[str, Any], device: str, uri: str) -> dict[str, Any]:
     import tempfile
 
     from hpsearch.results.export import spec_of_study

@@ -4,11 +4,18 @@ loaded with its store URLs usable again (a file hpsearch wrote carries them mask
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hpsearch.core.credentials import STORAGE_ENV, TRACKING_ENV, usable_url
 from hpsearch.core.errors import UsageError
 
+if TYPE_CHECKING:
+    import optuna
 
-def load_usable_spec(path: str, **overrides):
+    from hpsearch.spec.spec_types import Spec
+
+
+def load_usable_spec(path: str, **overrides: Any) -> Spec:
     from hpsearch.spec.study_spec import apply_overrides, load_spec
 
     spec = load_spec(path)
@@ -22,8 +29,10 @@ def load_usable_spec(path: str, **overrides):
     return spec
 
 
-def resolve_study(space, study_name, storage, tracking_uri):
+def resolve_study(space: str | None, study_name: str | None, storage: str | None,
+                  tracking_uri: str | None) -> tuple[optuna.Study, str | None, str]:
     """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
+    uri: str | None
     from hpsearch.core.checks import study_name as check_study_name
     from hpsearch.core.locations import LAST_RUN_FILE
     from hpsearch.core.record_keys import STUDY_TRACKING_URI

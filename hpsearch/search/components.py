@@ -64,7 +64,7 @@ PRUNERS: dict[str, str] = {
 }
 
 # Keywords hpsearch fills in itself: grid's values come from the spec's search_space, and
-# patient's wrapped_pruner is a nested pruner spec that spec.py parses.
+# patient's wrapped_pruner is a nested pruner spec that spec.study_spec parses.
 _DERIVED = {("sampler", "grid", "search_space"): "taken from search_space; remove it here"}
 _NESTED = {("pruner", "patient", "wrapped_pruner")}
 # Samplers whose backing package Optuna imports only when the first trial samples.

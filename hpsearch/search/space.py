@@ -37,7 +37,8 @@ class ParamSpec:
     @property
     def bounds(self) -> tuple[float, float]:
         """(low, high) of a float or int range."""
-        assert self.low is not None and self.high is not None, f"{self.name} is categorical"
+        assert self.low is not None, f"{self.name} is categorical"
+        assert self.high is not None, f"{self.name} is categorical"
         return self.low, self.high
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,9 +85,19 @@ def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
         allowed = ("type", "low", "high", "log", "step", "when")
     checks.check_keys(entry, allowed, at)
     when = _parse_when(entry["when"], f"{at}.when") if "when" in entry else None
-    hp_type = HPARAM_TYPES[name]
     if param_type == "categorical":
         return ParamSpec(name, param_type, choices=_choices(name, entry.get("choices"), f"{at}.choices"), when=when)
+    _check_type_fits(name, param_type, at)
+    low, high, log = _range(name, param_type, entry, at)
+    step = _step(param_type, entry, low, high, log, at)
+    if param_type == "float":
+        low, high, step = float(low), float(high), None if step is None else float(step)
+    return ParamSpec(name, param_type, low=low, high=high, log=log, step=step, when=when)
+
+
+def _check_type_fits(name: str, param_type: str, at: str) -> None:
+    """A range's type must fit what the hyperparameter takes: no float range for a whole number, and so on."""
+    hp_type = HPARAM_TYPES[name]
     if hp_type is str or hp_type is bool:
         raise SpecError(f"{at}.type", f"{name} takes one of a fixed set of values: use categorical, got {param_type!r}")
     if hp_type is int and param_type == "float":
@@ -94,6 +105,9 @@ def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
     if hp_type is float and param_type == "int":
         raise SpecError(f"{at}.type", f"{name} takes real numbers: use float or categorical, got 'int'")
 
+
+def _range(name: str, param_type: str, entry: dict, at: str) -> tuple[Any, Any, bool]:
+    """low, high and log of an int or float range, each checked against the others and the hyperparameter."""
     read = checks.integer if param_type == "int" else checks.number
     for bound in ("low", "high"):
         if bound not in entry:
@@ -115,25 +129,29 @@ def _parse_param(name: str, entry: Any, at: str) -> ParamSpec:
         problem = check_hparam_value(name, value, show=shown)
         if problem:
             raise SpecError(f"{at}.{bound}", problem)
+    return low, high, log
+
+
+def _step(param_type: str, entry: dict, low: Any, high: Any, log: bool, at: str) -> Any:
+    """A range's step (None: continuous), which must divide high - low and cannot go with log."""
     step = entry.get("step")
-    if step is not None:
-        step = read(step, f"{at}.step")
-        if step <= 0:
-            raise SpecError(f"{at}.step", f"must be > 0, got {shown(step)}")
-        if log:
-            raise SpecError(f"{at}.step", "cannot be combined with log: true")
-        # Optuna would silently move `high` down to the grid; say so instead.
-        if (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
-            raise SpecError(f"{at}.step", f"high - low must be a multiple of step, got low={shown(low)}, "
-                                          f"high={shown(high)}, step={shown(step)}")
-    if param_type == "float":
-        low, high, step = float(low), float(high), None if step is None else float(step)
-    return ParamSpec(name, param_type, low=low, high=high, log=log, step=step, when=when)
+    if step is None:
+        return None
+    step = (checks.integer if param_type == "int" else checks.number)(step, f"{at}.step")
+    if step <= 0:
+        raise SpecError(f"{at}.step", f"must be > 0, got {shown(step)}")
+    if log:
+        raise SpecError(f"{at}.step", "cannot be combined with log: true")
+    # Optuna would silently move `high` down to the grid; say so instead.
+    if (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
+        raise SpecError(f"{at}.step", f"high - low must be a multiple of step, got low={shown(low)}, "
+                                      f"high={shown(high)}, step={shown(step)}")
+    return step
 
 
 def _parse_task_choice(name: str, entry: Any, at: str) -> ParamSpec:
     """`model` or `image_size` searched: a categorical list of model names or of sizes (what each name or size
-    can be, and whether each model takes each size, is checked with the task in spec.py)."""
+    can be, and whether each model takes each size, is checked with the task in spec.study_spec)."""
     if not isinstance(entry, dict):
         raise SpecError(at, f"must be a mapping with type: categorical and choices (to fix it, set task."
                             f"{'model.name' if name == 'model' else 'data.image_size'}), got {shown(entry)}")

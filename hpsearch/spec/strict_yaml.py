@@ -51,8 +51,10 @@ class _Loader(yaml.SafeLoader):
         # index: the key node of a mapping value, the position of a sequence item, None for a key itself.
         if isinstance(index, ScalarNode):
             segment = f".{index.value}"
+        elif isinstance(index, int):
+            segment = f"[{index}]"
         else:
-            segment = f"[{index}]" if isinstance(index, int) else ""
+            segment = ""
         self._trail.append(segment)
         try:
             node = super().compose_node(parent, index)

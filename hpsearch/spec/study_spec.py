@@ -3,10 +3,10 @@
 Every refusal is a SpecError that names the dotted path of the offending field
 (`search_space.lr.low: must be > 0, got -1`), so the CLI can print one line and exit 2.
 Validation happens here, once (in the process that reads the file), so the study, workers and
-objective can trust a Spec. The YAML is read by strict_yaml.py, single values are checked in checks.py,
-`search_space:` in space.py, sampler and pruner keywords in registry.py, `task.data` values by
-config.DataConfig itself, `task.teacher` (knowledge distillation) in teacher_spec.py, model and weights names
-against model_catalog.py (no torch import for a model it holds).
+objective can trust a Spec. The YAML is read by spec.strict_yaml, single values are checked in core.checks,
+`search_space:` in search.space, sampler and pruner keywords in search.components, `task.data` values by
+core.data_config.DataConfig itself, `task.teacher` (knowledge distillation) in spec.teacher_spec, model and
+weights names against spec.model_catalog (no torch import for a model it holds). The dataclasses: spec.spec_types.
 
 Defaults chosen here (and filled in by `Spec.to_dict()`, so `hpsearch validate` shows them):
 - study.name: the file's stem; metric val_accuracy; direction follows the metric; n_trials 20.

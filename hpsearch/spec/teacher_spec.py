@@ -43,7 +43,9 @@ class TeacherSpec:
     def to_dict(self) -> dict[str, str]:
         if self.export is not None:
             return {"export": self.export}
-        assert self.model is not None and self.weights is not None  # the spec sets export or both of these
+        # the spec sets export or both of these
+        assert self.model is not None
+        assert self.weights is not None
         return {"model": self.model, "weights": self.weights}
 
 
@@ -62,7 +64,8 @@ def resolve(teacher: TeacherSpec) -> TeacherSource:
     """The teacher's source, its export's files read; a SpecError naming the field for an export that is
     missing or incomplete."""
     if teacher.export is None:
-        assert teacher.model is not None and teacher.weights is not None
+        assert teacher.model is not None
+        assert teacher.weights is not None
         identity = ("torchvision", teacher.model, teacher.weights, *_file_stamp(teacher.weights))
         return TeacherSource(teacher.model, teacher.weights, teacher.weights, None, identity)
     folder = Path(teacher.export)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +99,10 @@ def _discard(conn: Any) -> None:
     """Close `conn` for good (not back into the pool); it may be dead already."""
     if conn is None:
         return
-    try:
+    with suppress(Exception):
         conn.invalidate()
-    except Exception:
-        pass
-    try:
+    with suppress(Exception):
         conn.close()
-    except Exception:
-        pass
 
 
 def _holder(engine: Any, key: int) -> str:

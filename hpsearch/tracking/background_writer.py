@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpsearch.core import locations  # noqa: E402
-from hpsearch.core.outages import GaveUp, first_line, seconds_from_env, short_reason  # noqa: E402
+from hpsearch.core import locations
+from hpsearch.core.outages import GaveUp, first_line, seconds_from_env, short_reason
 from hpsearch.tracking.checkpoints import CHECKPOINT_FILE
 from hpsearch.tracking.mlflow_client import _NOTICE, through_outage, unreachable
 

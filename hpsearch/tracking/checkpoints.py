@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient  # noqa: E402
+from mlflow import MlflowClient
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from hpsearch.core.outages import OutageNotice, short_reason  # noqa: E402
+from hpsearch.core.outages import OutageNotice, short_reason
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -97,7 +97,7 @@ def _tune_sqlite() -> None:
     from sqlalchemy.engine import Engine
 
     @event.listens_for(Engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         if type(dbapi_connection).__module__.startswith("sqlite3"):
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")

@@ -62,7 +62,7 @@ def weights_file(workdir):
     return state
 
 
-@pytest.mark.parametrize("line, in_memory", [
+@pytest.mark.parametrize(("line", "in_memory"), [
     ("    in_memory: true", True),
     ("    in_memory: false", False),
     ("    in_memory: auto", "auto"),
@@ -100,16 +100,18 @@ def test_a_bin_weights_file_reaches_the_model_loader(workdir, weights_file):
     assert model.fc.out_features == 3
 
 
-@pytest.mark.parametrize("value, held_in_memory", [("true", True), ("false", False), ("auto", True)])
+@pytest.mark.parametrize(("value", "held_in_memory"), [("true", True), ("false", False), ("auto", True)])
 def test_in_memory_from_yaml_loads_and_batches(workdir, image_folder, value, held_in_memory):
     image_folder(workdir / "pictures", "imagefolder", 3, 4, 2, size=16)
     text = SPACE.format(in_memory=f"    in_memory: {value}").replace("w.bin", "none")
     spec = parse_spec(yaml.safe_load(text))
     task = builders.load_task_data(spec, "cpu")
-    assert task.config is spec.task.data and task.in_memory is held_in_memory
+    assert task.config is spec.task.data
+    assert task.in_memory is held_in_memory
     assert (len(task.train), len(task.val), len(task.test), task.num_classes) == (9, 3, 6, 3)
     x, y = next(task.val.batches(3))
-    assert x.shape == (3, 3, 24, 24) and set(y.tolist()) <= {0, 1, 2}
+    assert x.shape == (3, 3, 24, 24)
+    assert set(y.tolist()) <= {0, 1, 2}
 
 
 def test_in_memory_stays_a_boolean_in_the_resolved_spec():
@@ -121,7 +123,7 @@ def test_in_memory_stays_a_boolean_in_the_resolved_spec():
     assert parse_spec(yaml.safe_load(yaml.safe_dump(resolved))) == spec
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(("field", "value", "message"), [
     # Values the trainer cannot use are refused by the spec, not by every worker process in turn.
     ("image_size", 4, "task.data.image_size: must be > 4, got 4"),
     ("samples", 1, "task.data.samples: must be >= 2, got 1"),
@@ -140,7 +142,7 @@ def test_a_missing_bin_weights_file_is_a_spec_error(workdir):
     assert refusal(edited("task.model.weights", "w.bin")) == "task.model.weights: file not found: w.bin"
 
 
-@pytest.mark.parametrize("weights, is_path", [
+@pytest.mark.parametrize(("weights", "is_path"), [
     ("w.bin", True), ("w.pt", True), ("w.pth", True), ("checkpoints/last", True),
     ("DEFAULT", False), ("IMAGENET1K_V1", False), ("MobileNet_V2_Weights.IMAGENET1K_V2", False), ("none", False),
 ])
@@ -160,7 +162,7 @@ def test_the_data_config_checks_its_own_values():
         parse_spec({"study": {"name": "x"}, "task": {"model": "resnet18", "data": {"name": "fake", "samples": 1}}})
 
 
-@pytest.mark.parametrize("test_fraction, held_out", [(None, 0.2), (0.1, 0.1), (0.0, 0.0)])
+@pytest.mark.parametrize(("test_fraction", "held_out"), [(None, 0.2), (0.1, 0.1), (0.0, 0.0)])
 def test_digits_test_fraction_decides_the_split(test_fraction, held_out):
     cfg = DataConfig("digits", val_fraction=0.2, image_size=8, test_fraction=test_fraction)
     task = data.load_data(cfg, "cpu", (0.5,) * 3, (0.25,) * 3)

@@ -38,7 +38,8 @@ def test_the_resolved_spec_reads_back_the_same():
 
 def test_one_objective_is_unchanged():
     spec = parse_spec(with_study(metric="val_loss"))
-    assert not spec.study.multi and spec.study.cost_metrics == ()
+    assert not spec.study.multi
+    assert spec.study.cost_metrics == ()
     assert spec.study.targets == (Objective("val_loss", "minimize"),)
     assert spec.study.pruner.name == "median"
 

@@ -282,7 +282,8 @@ def test_a_parameter_may_be_fixed_and_searched():
     # train: holds the fallback value, used when the searched one is absent (its when: is false).
     data = edited("train.lr", 0.1)
     spec = parse_spec(data)
-    assert spec.train["lr"] == 0.1 and "lr" in spec.search_space
+    assert spec.train["lr"] == 0.1
+    assert "lr" in spec.search_space
 
 
 def test_condition_on_an_int_range():
@@ -318,8 +319,10 @@ def test_base_validates_so_each_refusal_is_its_one_edit(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["validate", str(path)])
     out, err = capsys.readouterr()
-    assert exc.value.code == 0 and err == ""
-    assert f"{path}: valid" in out and "searching 3 hyperparameter(s)" in out
+    assert exc.value.code == 0
+    assert err == ""
+    assert f"{path}: valid" in out
+    assert "searching 3 hyperparameter(s)" in out
 
 
 # plateau's factor is gamma, and ReduceLROnPlateau refuses a factor of 1: refused here, not mid-trial.
@@ -421,7 +424,8 @@ def test_validate_command_refuses_with_one_line(tmp_path, capsys, fields, line):
     with pytest.raises(SystemExit) as exc:
         main(["validate", str(path)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.strip().splitlines() == [f"error: {line}"]
+    assert exc.value.code == 2
+    assert err.strip().splitlines() == [f"error: {line}"]
 
 
 PARTIAL_OR_BACKBONE = {"type": "categorical", "choices": ["backbone", "partial"]}

@@ -138,7 +138,8 @@ def test_pruners(pruner, cls):
 
 def test_default_pruner_waits_one_step():
     pruner = samplers.build_pruner(parse_spec(BASE).study.pruner)
-    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 2
+    assert isinstance(pruner, optuna.pruners.MedianPruner)
+    assert pruner._n_warmup_steps == 2
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

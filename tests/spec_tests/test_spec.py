@@ -63,7 +63,8 @@ def test_values_are_normalized():
     data["task"]["model"]["weights"] = "MobileNet_V2_Weights.IMAGENET1K_V2"
     spec = parse_spec(data)
     assert spec.train == {"batch_size": 64, "gamma": 1.0, "patience": None, "nesterov": True}
-    assert type(spec.train["batch_size"]) is int and type(spec.train["gamma"]) is float
+    assert type(spec.train["batch_size"]) is int
+    assert type(spec.train["gamma"]) is float
     assert spec.search_space["step_size"].choices == (2, 4)
     assert all(type(c) is int for c in spec.search_space["step_size"].choices)
     assert spec.search_space["momentum"].when == {"optimizer": ("sgd",)}
@@ -177,7 +178,8 @@ def test_overrides():
     assert (out.study.n_trials, out.study.timeout, out.study.storage, out.study.name) == (
         7, 1800.0, "postgresql://h/db", "other",
     )
-    assert out.study.seed == 5 and out.study.sampler.kwargs["seed"] == 5
+    assert out.study.seed == 5
+    assert out.study.sampler.kwargs["seed"] == 5
     assert (out.resources.devices, out.resources.trials_per_device) == ((0, 1), 2)
     assert (out.tracking.uri, out.tracking.experiment) == ("http://mlflow:5000", "other")
     assert apply_overrides(spec) == spec
@@ -219,7 +221,7 @@ def test_parse_duration(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "h", "8x", "30m1h", None, True, "-5m", "inf", float("inf"), "1e3"])
 def test_parse_duration_refuses(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a duration like 8h, 30m, 90s or 1h30m"):
         parse_duration(text)
 
 
@@ -231,7 +233,8 @@ def test_fixed_spec():
     fixed = fixed_spec(spec, {"lr": 0.01, "optimizer": "sgd", "momentum": 0.9})
     assert fixed.search_space == {}
     assert fixed.train == {"epochs": 2, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9}
-    assert fixed.study == spec.study and fixed.task == spec.task
+    assert fixed.study == spec.study
+    assert fixed.task == spec.task
     assert parse_spec(yaml.safe_load(yaml.safe_dump(fixed.to_dict()))) == fixed
     assert spec.search_space  # the original is untouched
 
@@ -262,7 +265,8 @@ def test_shipped_spaces_validate(name):
 
 def test_mnv2_cifar_is_the_design_example():
     spec = load_spec(SPACES / "mnv2_cifar.yaml")
-    assert spec.study.name == "mnv2-cifar10" and spec.study.timeout == 8 * 3600
+    assert spec.study.name == "mnv2-cifar10"
+    assert spec.study.timeout == 8 * 3600
     assert spec.study.sampler == SamplerSpec("tpe", {"seed": 42})
     assert spec.study.pruner == PrunerSpec("hyperband", {"min_resource": 1, "reduction_factor": 3})
     assert (spec.task.model.name, spec.task.model.weights) == ("mobilenet_v2", "DEFAULT")
@@ -274,6 +278,7 @@ def test_mnv2_cifar_is_the_design_example():
 
 def test_quickstart_runs_offline_and_prunes():
     spec = load_spec(SPACES / "quickstart.yaml")
-    assert spec.task.data.name == "digits" and spec.task.model.weights == "none"
+    assert spec.task.data.name == "digits"
+    assert spec.task.model.weights == "none"
     assert spec.study.pruner.name != "none"
     assert spec.study.n_trials >= 10

@@ -32,8 +32,10 @@ def test_a_trial_trains_the_backbone_and_size_it_draws():
 def test_an_exported_winner_names_its_backbone_in_the_task():
     spec = parse_spec(searching(model=BACKBONES, image_size=SIZES))
     winner = fixed_spec(spec, {"model": "shufflenet_v2_x0_5", "image_size": 32, "lr": 0.02, "optimizer": "sgd"})
-    assert winner.task.model.name == "shufflenet_v2_x0_5" and winner.task.data.image_size == 32
-    assert winner.train == {"epochs": 2, "lr": 0.02, "optimizer": "sgd"} and winner.search_space == {}
+    assert winner.task.model.name == "shufflenet_v2_x0_5"
+    assert winner.task.data.image_size == 32
+    assert winner.train == {"epochs": 2, "lr": 0.02, "optimizer": "sgd"}
+    assert winner.search_space == {}
     assert parse_spec(winner.to_dict()) == winner
 
 

@@ -79,7 +79,8 @@ def with_teacher(teacher: dict, root, **data) -> dict:
 def test_refusal(files, teacher, message):
     got = refusal(with_teacher(teacher, files))
     if message.endswith(": "):  # the loader's own words follow (torch's, for a file that is no checkpoint)
-        assert got.startswith(message) and len(got) > len(message)
+        assert got.startswith(message)
+        assert len(got) > len(message)
     else:
         assert got == message.format(dir=files)
 
@@ -126,6 +127,7 @@ def test_validate_refuses_a_teacher_with_one_line(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["validate", str(path)])
     out, err = capsys.readouterr()
-    assert exc.value.code == 2 and out == ""
+    assert exc.value.code == 2
+    assert out == ""
     assert err.splitlines() == [f"error: task.teacher.export: {files}/no_model lacks model.pt (an export holds "
                                 "best.yaml, model.pt and trial.json)"]

@@ -176,7 +176,8 @@ def test_int8_resnet18_runs_with_residual_adds_and_its_file_is_a_quarter(resnet_
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
         ref, out, one = model(x), q(x), q(x[:1])  # any batch size, batch 1 included
-    assert out.shape == (8, 10) and out.dtype == torch.float32
+    assert out.shape == (8, 10)
+    assert out.dtype == torch.float32
     torch.testing.assert_close(one, out[:1], atol=1e-4, rtol=0)
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
     float_mb = costs.size_mb(costs.save_deployable(model, tmp_path / "model.pt"))
@@ -196,7 +197,8 @@ def test_int8_file_loads_back_and_predicts_the_same(trained, tmp_path):
     q = quantize_int8(model, calibration_batches(data.train, batches=2), 16)
     q.save(tmp_path / "model.pt2")
     loaded = load_int8(tmp_path / "model.pt2")
-    assert isinstance(loaded, Int8Model) and loaded.input_shape == (3, 16, 16)
+    assert isinstance(loaded, Int8Model)
+    assert loaded.input_shape == (3, 16, 16)
     x = next(data.val.batches(64))[0]
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), q(x), atol=0, rtol=0)
@@ -212,7 +214,8 @@ def test_pruned_then_int8_keeps_the_zeros_and_leaves_the_model_alone(trained):
     q = quantize_int8(pruned, calibration_batches(data.train, batches=2), 16)
     assert costs.params_m(q) < 0.55 * costs.params_m(model)
     assert 0.97 * costs.params_m(pruned) < costs.params_m(q) <= costs.params_m(pruned)
-    assert hasattr(pruned[0], "weight_mask") and pruned[0].training  # the caller's model is untouched
+    assert hasattr(pruned[0], "weight_mask")
+    assert pruned[0].training  # the caller's model is untouched
     x = next(data.val.batches(64))[0]
     pruned.eval()
     with torch.inference_mode():

@@ -144,7 +144,9 @@ def test_the_costs_say_how_latency_was_measured():
 
 def test_gpu_latency_warms_up_tens_of_passes():
     warmup, timed = costs.CUDA_PASSES
-    assert warmup >= 20 and timed >= 20 and costs.CPU_PASSES == (3, 15)
+    assert warmup >= 20
+    assert timed >= 20
+    assert costs.CPU_PASSES == (3, 15)
 
 
 def spec_for(settings: dict, search_space: dict | None = None) -> SimpleNamespace:
@@ -204,4 +206,5 @@ def test_measure_reports_the_objectives_a_study_can_minimise(tmp_path):
     assert measured.size_mb == costs.size_mb(tmp_path / "model.pt")
     # Without a path the file goes to a temporary folder, and is gone afterwards.
     again = costs.measure(model, 32)
-    assert again.size_mb == measured.size_mb and again.params_m == measured.params_m
+    assert again.size_mb == measured.size_mb
+    assert again.params_m == measured.params_m

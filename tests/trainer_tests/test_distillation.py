@@ -117,12 +117,14 @@ def test_the_teacher_never_trains_and_stays_in_eval_mode():
     assert not any(m.training for m in teacher.modules())
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
-    assert trainer.teacher is teacher and next(teacher.parameters()).dtype == torch.float32  # fp32 on the CPU
+    assert trainer.teacher is teacher
+    assert next(teacher.parameters()).dtype == torch.float32  # fp32 on the CPU
 
 
 def test_without_a_teacher_the_step_is_the_plain_one():
     trainer = Trainer(student_net(0), fake8(), HParams(), device="cpu")
-    assert trainer.teacher is None and trainer.loss.__func__ is Trainer._plain_loss
+    assert trainer.teacher is None
+    assert trainer.loss.__func__ is Trainer._plain_loss
     assert trainer_with_teacher(HParams()).loss.__func__ is Trainer._distilled_loss
 
 
@@ -165,7 +167,9 @@ def test_a_worker_loads_its_teacher_once_for_two_trials(tmp_path, monkeypatch):
         second, _ = builders.build_trainer(spec, HParams(epochs=1, distill_alpha=0.8), "cpu", seed=2)
     finally:
         builders.clear_teacher_cache()
-    assert len(built) == 1 and teacher is not None and second.teacher is teacher
+    assert len(built) == 1
+    assert teacher is not None
+    assert second.teacher is teacher
     assert not teacher.renormalise  # ImageNet's mean/std for both (weights none, a state_dict file)
     assert second.hp.distill_alpha == 0.8
     # The trial's run records distillation's hyperparameters; a study without a teacher does not.
@@ -188,7 +192,8 @@ def test_a_bf16_teacher_keeps_batchnorm_and_its_renormalisation_in_float32():
     assert teacher.model[0].weight.dtype == teacher.model[5].weight.dtype == torch.bfloat16
     kept = [*bn.parameters(), bn.running_mean, bn.running_var, teacher.scale, teacher.shift]
     assert {t.dtype for t in kept} == {torch.float32}
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
     x = torch.randn(8, 3, SIZE, SIZE)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = teacher(x).float()
@@ -203,8 +208,10 @@ def test_the_teacher_runs_inside_the_captured_step_in_bf16_on_cuda():
     trainer = Trainer(student_net(0), fake8("cuda"), HParams(lr=0.05, batch_size=8, epochs=2), device="cuda",
                       teacher=teacher)
     history = trainer.fit()
-    assert trainer._graph is not None and graphs_disabled_reason() is None  # captured with the teacher in it
-    assert next(teacher.parameters()).dtype == torch.bfloat16 and not teacher.training
+    assert trainer._graph is not None
+    assert graphs_disabled_reason() is None  # captured with the teacher in it
+    assert next(teacher.parameters()).dtype == torch.bfloat16
+    assert not teacher.training
     assert teacher.model[1].running_var.dtype == teacher.scale.dtype == torch.float32
     assert all(torch.equal(v.cpu(), before[k].to(v.dtype)) for k, v in teacher.state_dict().items())
     assert all(math.isfinite(s.train_loss) for s in history)

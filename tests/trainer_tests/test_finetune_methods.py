@@ -116,8 +116,10 @@ def test_partial_freeze_trains_the_last_stages_and_keeps_the_rest_bit_identical(
                 } <= changed
     assert {"fc.weight", "fc.bias"} <= changed
     set_train_mode(model)
-    assert not any(m.training for m in model.layer2.modules()) and not model.bn1.training
-    assert all(m.training for m in model.layer3.modules()) and model.fc.training
+    assert not any(m.training for m in model.layer2.modules())
+    assert not model.bn1.training
+    assert all(m.training for m in model.layer3.modules())
+    assert model.fc.training
 
 
 # --------------------------------------------------------------------------- learning rates per group
@@ -132,13 +134,15 @@ def test_head_learns_at_lr_and_the_backbone_at_lr_times_scale():
     trainer = Trainer(model, fake16(), HParams(lr=0.1, backbone_lr_scale=0.2), device="cpu")
     groups = groups_by_name(trainer)
     assert list(groups) == ["head", "backbone"]  # the head first: its lr is the epoch's `lr` metric
-    assert groups["head"]["lr"] == 0.1 and groups["backbone"]["lr"] == pytest.approx(0.02)
+    assert groups["head"]["lr"] == 0.1
+    assert groups["backbone"]["lr"] == pytest.approx(0.02)
     assert groups["head"]["params"] == head_parameters(model)
     assert len(groups["backbone"]["params"]) == len(list(model.parameters())) - 2
     assert trainer.group_lrs == {"lr.head": 0.1, "lr.backbone": pytest.approx(0.02)}  # what the run records
     # Default rates: one group of every parameter, as plain training has (and nothing extra to record).
     plain = Trainer(build_model("resnet18", 4), fake16(), HParams(lr=0.1), device="cpu")
-    assert [g["name"] for g in plain.optimizer.param_groups] == ["all"] and plain.group_lrs == {}
+    assert [g["name"] for g in plain.optimizer.param_groups] == ["all"]
+    assert plain.group_lrs == {}
 
 
 def test_layer_decay_gives_each_stage_its_rate_from_the_head_down():
@@ -216,14 +220,17 @@ def test_unfreeze_epoch_keeps_the_backbone_until_then(freeze, blocks, frozen_unt
 
     trainer.fit(on_epoch)
     epoch1, epoch2 = moved(start, after[1]), moved(after[1], after[2])
-    assert under(epoch1, *frozen_until_2) == set() and {"fc.weight", "fc.bias"} <= epoch1
+    assert under(epoch1, *frozen_until_2) == set()
+    assert {"fc.weight", "fc.bias"} <= epoch1
     assert {"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.0.bn1.running_var"} <= epoch2
     assert all(p.requires_grad for p in model.parameters())
     # The backbone joins where the schedule is (half-way down the cosine), at its share of the head's lr;
     # its Adam state is as old as its training (4 steps in epoch 2), the head's counts both epochs.
-    assert lrs[1]["head"] == pytest.approx(0.005) and lrs[1]["backbone"] == pytest.approx(0.0025)
+    assert lrs[1]["head"] == pytest.approx(0.005)
+    assert lrs[1]["backbone"] == pytest.approx(0.0025)
     state = trainer.optimizer.state
-    assert state[model.conv1.weight]["step"] == 4 and state[model.fc.weight]["step"] == 8
+    assert state[model.conv1.weight]["step"] == 4
+    assert state[model.fc.weight]["step"] == 8
 
 
 class GraphsOnCpu:
@@ -292,9 +299,11 @@ def test_unfreezing_captures_the_step_again(monkeypatch):
     start, after = snapshot(model), {}
     trainer.fit(lambda stats: after.__setitem__(stats.epoch, snapshot(model)))
     assert graphs.captures == [{"fc.weight", "fc.bias"}, {n for n, _ in model.named_parameters()}]
-    assert graphs.warmups == 2 * GRAPH_WARMUP_STEPS and trainer._graph is not None
+    assert graphs.warmups == 2 * GRAPH_WARMUP_STEPS
+    assert trainer._graph is not None
     epoch1, epoch2 = moved(start, after[1]), moved(after[1], after[2])
-    assert under(epoch1, "conv1", "bn1", "layer") == set() and {"fc.weight", "fc.bias"} <= epoch1
+    assert under(epoch1, "conv1", "bn1", "layer") == set()
+    assert {"fc.weight", "fc.bias"} <= epoch1
     assert {"conv1.weight", "layer4.1.conv2.weight", "layer4.1.bn2.running_mean"} <= epoch2
 
 
@@ -318,7 +327,8 @@ def test_fused_sgd_steps_after_unfreezing_as_the_eager_one(nesterov):
         return trainer
 
     fused, eager = trained(lr_tensor=True), trained(lr_tensor=False)
-    assert fused.optimizer.defaults["fused"] and isinstance(fused.optimizer.param_groups[0]["lr"], torch.Tensor)
+    assert fused.optimizer.defaults["fused"]
+    assert isinstance(fused.optimizer.param_groups[0]["lr"], torch.Tensor)
     for (name, a), b in zip(fused.model.named_parameters(), eager.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -334,11 +344,15 @@ def test_unfreezing_captures_the_step_again_on_cuda(optimizer):
     trainer = Trainer(model, data, hp, device="cuda")
     graphs, start, after = [], snapshot(model), {}
     trainer.fit(lambda stats: (graphs.append(trainer._graph), after.__setitem__(stats.epoch, snapshot(model))))
-    assert graphs[0] is not None and graphs[1] is not None and graphs[0] is not graphs[1]  # captured again
+    assert graphs[0] is not None
+    assert graphs[1] is not None
+    assert graphs[0] is not graphs[1]  # captured again
     epoch1, epoch2 = moved(start, after[1]), moved(after[1], after[2])
-    assert under(epoch1, "conv1", "bn1", "layer") == set() and {"fc.weight", "fc.bias"} <= epoch1
+    assert under(epoch1, "conv1", "bn1", "layer") == set()
+    assert {"fc.weight", "fc.bias"} <= epoch1
     assert {"conv1.weight", "layer1.0.bn1.running_mean", "layer4.1.conv2.weight"} <= epoch2
-    assert graphs_disabled_reason() is None and all(torch.isfinite(p).all() for p in model.parameters())
+    assert graphs_disabled_reason() is None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- what a trial records
@@ -366,5 +380,6 @@ def test_a_trial_run_records_its_group_learning_rates(request):
     trial = study.trials[0]
     run = tracker.client.get_run(trial.user_attrs["mlflow_run_id"])
     lr = trial.params["lr"]
-    assert run.data.metrics["lr.head"] == pytest.approx(lr) and run.data.metrics["lr.backbone"] == pytest.approx(lr / 2)
+    assert run.data.metrics["lr.head"] == pytest.approx(lr)
+    assert run.data.metrics["lr.backbone"] == pytest.approx(lr / 2)
     assert [m.step for m in tracker.client.get_metric_history(run.info.run_id, "lr.backbone")] == [1]

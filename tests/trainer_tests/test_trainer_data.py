@@ -31,10 +31,15 @@ def every_example(split, batch_size=7):
 def test_cifar10_reads_the_pickled_batches(cifar10_root):
     root, train_images, train_labels, test_images, test_labels = cifar10_root
     task = load_data(DataConfig("cifar10", root=str(root), val_fraction=0.2), "cpu", *IDENTITY)
-    assert task.num_classes == 10 and task.classes[0] == "airplane" and task.image_size == 32
-    assert len(task.train) + len(task.val) == 30 and len(task.test) == 6
+    assert task.num_classes == 10
+    assert task.classes[0] == "airplane"
+    assert task.image_size == 32
+    assert len(task.train) + len(task.val) == 30
+    assert len(task.test) == 6
     x, y = every_example(task.test)
-    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (6, 3, 32, 32)
+    assert x.dtype == torch.float32
+    assert y.dtype == torch.int64
     assert torch.equal(as_uint8(x), torch.from_numpy(test_images))
     assert y.tolist() == test_labels.tolist()
     # train + val are the five data batches, every image exactly once, with its own label.
@@ -48,12 +53,13 @@ def test_cifar10_reads_the_pickled_batches(cifar10_root):
 def test_cifar100_uses_fine_labels(cifar100_root):
     root, fine = cifar100_root
     task = load_data(DataConfig("cifar100", root=str(root), val_fraction=0.25), "cpu", *IDENTITY)
-    assert task.num_classes == 100 and task.classes[7] == "class7"
+    assert task.num_classes == 100
+    assert task.classes[7] == "class7"
     labels = torch.cat([every_example(task.train)[1], every_example(task.val)[1]])
     assert sorted(labels.tolist()) == sorted(fine.tolist())
 
 
-@pytest.mark.parametrize("name, expected", [
+@pytest.mark.parametrize(("name", "expected"), [
     ("cifar10", "CIFAR-10 not found: expected {root}/cifar-10-batches-py/data_batch_1..5 and test_batch; "
                 "set task.data.download: true to download it"),
     ("cifar100", "CIFAR-100 not found: expected {root}/cifar-100-python/train and test; "
@@ -92,7 +98,9 @@ def class_of(x: torch.Tensor) -> torch.Tensor:
 def test_tiny_imagenet_layout(tiny_imagenet_root):
     root, wnids = tiny_imagenet_root
     task = load_data(DataConfig("imagefolder", root=str(root), val_fraction=1 / 6), "cpu", *IDENTITY)
-    assert task.classes == wnids and task.image_size == 64 and task.in_memory
+    assert task.classes == wnids
+    assert task.image_size == 64
+    assert task.in_memory
     assert (len(task.train), len(task.val), len(task.test)) == (15, 3, 6)
     for split in (task.train, task.val, task.test):
         x, y = every_example(split)
@@ -103,7 +111,8 @@ def test_tiny_imagenet_layout(tiny_imagenet_root):
 
 def test_plain_image_folder_resized_square(imagefolder_root):
     task = load_data(DataConfig("imagefolder", root=str(imagefolder_root), image_size=24), "cpu", *IDENTITY)
-    assert task.classes == ["cat", "dog", "emu"] and len(task.test) == 6
+    assert task.classes == ["cat", "dog", "emu"]
+    assert len(task.test) == 6
     x, y = every_example(task.test)
     assert x.shape == (6, 3, 24, 24)
     assert torch.equal(class_of(x), y)
@@ -114,12 +123,14 @@ def test_streamed_image_folder_gives_the_same_batches(imagefolder_root):
     common = dict(root=str(imagefolder_root), image_size=16)
     streamed = load_data(DataConfig("imagefolder", in_memory=False, **common), "cpu", *IDENTITY)
     in_memory = load_data(DataConfig("imagefolder", in_memory=True, **common), "cpu", *IDENTITY)
-    assert not streamed.in_memory and in_memory.in_memory
+    assert not streamed.in_memory
+    assert in_memory.in_memory
     for a, b in zip(every_example(streamed.test), every_example(in_memory.test), strict=False):
         assert torch.equal(a, b)
     x, y = next(streamed.train.batches(4, shuffle=True, augment=True, drop_last=True,
                                        generator=torch.Generator().manual_seed(0)))
-    assert x.shape == (4, 3, 16, 16) and torch.equal(class_of(x), y)
+    assert x.shape == (4, 3, 16, 16)
+    assert torch.equal(class_of(x), y)
 
 
 # --------------------------------------------------------------------------- digits, fake, splits
@@ -128,14 +139,18 @@ def test_streamed_image_folder_gives_the_same_batches(imagefolder_root):
 def test_digits_real_offline_data():
     pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     task = load_data(DataConfig("digits"), "cpu", *IMAGENET)
-    assert task.num_classes == 10 and task.image_size == 32
+    assert task.num_classes == 10
+    assert task.image_size == 32
     assert len(task.train) + len(task.val) + len(task.test) == 1797
     assert len(task.test) == pytest.approx(0.2 * 1797, abs=10)
     x, y = next(task.train.batches(16, shuffle=True, augment=True, drop_last=True))
-    assert x.shape == (16, 3, 32, 32) and set(y.tolist()) <= set(range(10))
+    assert x.shape == (16, 3, 32, 32)
+    assert set(y.tolist()) <= set(range(10))
     # Grey images: the three channels hold the same pixels (before per-channel normalisation).
     raw = data._STORED[(DataConfig("digits"), 0, "cpu")].parts["test"].images
-    assert raw.dtype == torch.uint8 and torch.equal(raw[:, 0], raw[:, 2]) and raw.max() == 255
+    assert raw.dtype == torch.uint8
+    assert torch.equal(raw[:, 0], raw[:, 2])
+    assert raw.max() == 255
 
 
 def test_digits_test_split_does_not_move_with_split_seed():
@@ -149,7 +164,9 @@ def test_digits_test_split_does_not_move_with_split_seed():
 def test_fake_is_deterministic_with_its_sizes():
     cfg = DataConfig("fake", samples=40, num_classes=3, image_size=12)
     a = load_data(cfg, "cpu", *IDENTITY)
-    assert a.num_classes == 3 and len(a.train) + len(a.val) == 40 and len(a.test) == 10
+    assert a.num_classes == 3
+    assert len(a.train) + len(a.val) == 40
+    assert len(a.test) == 10
     data.clear_data_cache()
     b = load_data(cfg, "cpu", *IDENTITY)
     assert a is not b
@@ -159,7 +176,8 @@ def test_fake_is_deterministic_with_its_sizes():
 def test_validation_split_is_stratified_disjoint_and_seeded():
     labels = torch.arange(10).repeat_interleave(20)
     rest, held = datasets._carve(labels, 0.1, seed=0)
-    assert len(held) == 20 and torch.bincount(labels[held]).tolist() == [2] * 10
+    assert len(held) == 20
+    assert torch.bincount(labels[held]).tolist() == [2] * 10
     assert sorted(torch.cat([rest, held]).tolist()) == list(range(200))
     assert not torch.equal(held, datasets._carve(labels, 0.1, seed=1)[1])
     # Every worker process loads the data with its global RNG in a state of its own: the split must not follow it.
@@ -176,11 +194,12 @@ def test_dataset_is_loaded_once_per_process(monkeypatch):
     first = load_data(cfg, "cpu", *IMAGENET)
     assert load_data(cfg, torch.device("cpu"), *IMAGENET) is first
     other_norm = load_data(cfg, "cpu", *IDENTITY)  # other weights' mean/std: same images, no re-read
-    assert other_norm is not first and other_norm.train.images is first.train.images
+    assert other_norm is not first
+    assert other_norm.train.images is first.train.images
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize(("bad", "message"), [
     (dict(name="mnist"), "data.name must be one of"),
     (dict(name="fake", val_fraction=0.0), r"data.val_fraction must be in \(0, 1\), got 0.0"),
     (dict(name="fake", augment="heavy"), "data.augment must be one of standard, none, got 'heavy'"),
@@ -201,7 +220,8 @@ def fake16():
 
 def test_epoch_batches_have_static_shapes(fake16):
     batches = list(fake16.train.batches(32, shuffle=True, augment=True, drop_last=True))
-    assert len(batches) == 80 // 32 and all(x.shape == (32, 3, 16, 16) for x, _ in batches)
+    assert len(batches) == 80 // 32
+    assert all(x.shape == (32, 3, 16, 16) for x, _ in batches)
     # A split smaller than one batch still trains: one batch of all of it.
     small = list(fake16.val.batches(64, shuffle=True, augment=True, drop_last=True))
     assert [len(y) for _, y in small] == [20]
@@ -240,7 +260,9 @@ def test_same_generator_seed_same_batch(fake16):
                                          generator=torch.Generator().manual_seed(seed)))
 
     (a, ya), (b, yb), (c, _) = first(5), first(5), first(6)
-    assert torch.equal(a, b) and torch.equal(ya, yb) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert torch.equal(ya, yb)
+    assert not torch.equal(a, c)
 
 
 def test_eval_batches_are_never_augmented(fake16):
@@ -267,9 +289,11 @@ def test_normalisation_uses_the_given_mean_and_std(cifar10_root):
 def test_stored_at_native_size_resized_per_batch(cifar10_root, size):
     root, *_ = cifar10_root
     task = load_data(DataConfig("cifar10", root=str(root), image_size=size), "cpu", *IMAGENET)
-    assert task.train.images.shape[-1] == 32 and task.image_size == size
+    assert task.train.images.shape[-1] == 32
+    assert task.image_size == size
     x, _ = next(task.train.batches(4, shuffle=True, augment=True, drop_last=True))
-    assert x.shape == (4, 3, size, size) and torch.isfinite(x).all()
+    assert x.shape == (4, 3, size, size)
+    assert torch.isfinite(x).all()
 
 
 def test_host_memory_mode_matches_device_mode():
@@ -286,7 +310,8 @@ def test_augmented_batches_keep_the_gathers_channels_last_layout():
     turned to NCHW (the CUDA trainer wants channels_last: it would only convert it back)."""
     task = load_data(DataConfig("fake", samples=40), "cpu", *IMAGENET)
     x, _ = next(task.train.batches(8, shuffle=True, augment=True, generator=torch.Generator().manual_seed(0)))
-    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
     plain, _ = next(task.train.batches(8, augment=False))
     assert plain.is_contiguous()  # nothing to gather: NCHW as stored
 
@@ -296,7 +321,8 @@ def test_take_rows_gathers_an_index_and_views_a_slice():
     idx = torch.tensor([4, 0, 5])
     assert torch.equal(TensorSplit.take_rows(images, idx, pin=False), images[idx])
     window = TensorSplit.take_rows(images, slice(2, 5), pin=True)  # a view: no gather, no copy
-    assert window.data_ptr() == images[2].data_ptr() and torch.equal(window, images[2:5])
+    assert window.data_ptr() == images[2].data_ptr()
+    assert torch.equal(window, images[2:5])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -305,10 +331,12 @@ def test_streamed_batches_are_gathered_into_pinned_memory(monkeypatch):
     makes the non_blocking copy synchronous), and no batch is overwritten while it is copied."""
     streamed = load_data(DataConfig("fake", samples=256, in_memory=False), "cuda", *IMAGENET)
     resident = load_data(DataConfig("fake", samples=256), "cuda", *IMAGENET)
-    assert streamed.train.images.is_pinned() and resident.train.images.is_cuda
+    assert streamed.train.images.is_pinned()
+    assert resident.train.images.is_cuda
     idx = torch.randperm(len(streamed.train))[:16]
     rows = TensorSplit.take_rows(streamed.train.images, idx, pin=True)
-    assert rows.is_pinned() and torch.equal(rows, streamed.train.images[idx])
+    assert rows.is_pinned()
+    assert torch.equal(rows, streamed.train.images[idx])
 
     pinned = []
     take_rows = TensorSplit.take_rows
@@ -325,8 +353,10 @@ def test_streamed_batches_are_gathered_into_pinned_memory(monkeypatch):
         b = list(resident.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g[1]))
         assert len(a) == len(b) > 1
         for (xa, ya), (xb, yb) in zip(a, b, strict=False):
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert pinned and all(pinned)
+            assert torch.equal(xa, xb)
+            assert torch.equal(ya, yb)
+    assert pinned
+    assert all(pinned)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -335,7 +365,9 @@ def test_cuda_batches_stay_on_the_device():
     assert task.train.images.is_cuda
     g = torch.Generator(device="cuda").manual_seed(0)
     x, y = next(task.train.batches(16, shuffle=True, augment=True, drop_last=True, generator=g))
-    assert x.is_cuda and y.is_cuda and x.shape == (16, 3, 32, 32)
+    assert x.is_cuda
+    assert y.is_cuda
+    assert x.shape == (16, 3, 32, 32)
     x_cpu, y_cpu = next(load_data(DataConfig("fake", samples=64), "cpu", *IMAGENET).test.batches(8))
     x_gpu, y_gpu = next(task.test.batches(8))
     torch.testing.assert_close(x_gpu.cpu(), x_cpu)

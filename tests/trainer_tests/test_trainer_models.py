@@ -27,7 +27,7 @@ from hpsearch.engine.models import (
 from hpsearch.engine.train import Trainer, seed_everything
 
 
-@pytest.mark.parametrize("name, head", [
+@pytest.mark.parametrize(("name", "head"), [
     ("resnet18", "fc"),
     ("mobilenet_v2", "classifier.1"),
     ("mobilenet_v3_small", "classifier.3"),
@@ -45,14 +45,16 @@ def test_new_head_with_num_classes(name, head):
     assert head_parameters(model) == list(new.parameters())
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 7)  # googlenet: aux heads off, plain logits
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 7)  # googlenet: aux heads off, plain logits
 
 
 def test_dropout_sets_the_existing_one_or_inserts_one():
     assert build_model("mobilenet_v2", 3).classifier[0].p == 0.2  # None: the model's own
     assert build_model("mobilenet_v2", 3, dropout=0.4).classifier[0].p == 0.4
     resnet = build_model("resnet18", 3, dropout=0.3)
-    assert isinstance(resnet.fc, DropoutLinear) and resnet.fc.dropout.p == 0.3
+    assert isinstance(resnet.fc, DropoutLinear)
+    assert resnet.fc.dropout.p == 0.3
     # Checkpoints keep the plain Linear's keys whatever the dropout, so they load either way.
     assert resnet.state_dict().keys() == build_model("resnet18", 3).state_dict().keys()
     resnet.train()
@@ -160,12 +162,15 @@ def test_frozen_backbone_trains_only_the_head():
     model.classifier.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0]))
     trainer.fit()
     # No autograd graph through the backbone: backward stops at the head.
-    assert head_inputs and not any(x.requires_grad or x.grad_fn for x in head_inputs)
+    assert head_inputs
+    assert not any(x.requires_grad or x.grad_fn for x in head_inputs)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     # Frozen BatchNorm layers stay in eval mode: their running statistics do not move either.
     assert changed == {"classifier.1.weight", "classifier.1.bias"}
     set_train_mode(model)
-    assert model.classifier[0].training and model.classifier[1].training and not model.features.training
+    assert model.classifier[0].training
+    assert model.classifier[1].training
+    assert not model.features.training
     assert not any(m.training for m in model.features.modules())
 
 
@@ -173,5 +178,6 @@ def test_a_model_from_scratch_starts_with_torchvisions_own_head():
     """MobileNetV2 initialises its classifier N(0, 0.01) with zero bias; nn.Linear's default would not."""
     torch.manual_seed(0)
     head = build_model("mobilenet_v2", 10, weights="none", dropout=0.1).classifier[-1]
-    assert head.out_features == 10 and torch.all(head.bias == 0)
+    assert head.out_features == 10
+    assert torch.all(head.bias == 0)
     assert 0.008 < head.weight.std().item() < 0.012

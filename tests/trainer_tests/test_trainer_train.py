@@ -61,7 +61,8 @@ def test_every_optimizer_builds_and_steps(name):
     hp = HParams(optimizer=name, lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-4)
     optimizer = build_optimizer(model.parameters(), hp)
     group = optimizer.param_groups[0]
-    assert group["lr"] == 0.05 and group["weight_decay"] == 1e-4
+    assert group["lr"] == 0.05
+    assert group["weight_decay"] == 1e-4
     assert group.get("momentum") == MOMENTUM_TAKEN[name]
     before = [p.clone() for p in model.parameters()]
     one_step(model, optimizer)
@@ -100,7 +101,8 @@ def _stays_at_lr(epochs, main):
 
 def _cosine_anneals_to_near_zero(epochs, main):
     after = [lr for e in main for lr in e]
-    assert after[0] == pytest.approx(0.1) and after[-1] < 0.01
+    assert after[0] == pytest.approx(0.1)
+    assert after[-1] < 0.01
     assert all(a >= b for a, b in pairwise(after))
 
 
@@ -110,22 +112,27 @@ def _step_halves_every_two_epochs(epochs, main):  # step_size None → epochs //
 
 def _multistep_halves_at_epochs_4_and_6(epochs, main):  # milestones at epoch 4 and 6 of 8
     assert main[0][0] == pytest.approx(0.1)
-    assert epochs[3][-1] == pytest.approx(0.1) and epochs[4][0] == pytest.approx(0.05)
+    assert epochs[3][-1] == pytest.approx(0.1)
+    assert epochs[4][0] == pytest.approx(0.05)
     assert epochs[6][0] == pytest.approx(0.025)
 
 
 def _exponential_decays_smoothly_per_step(epochs, main):  # gamma per epoch, applied per step
-    assert main[0][0] == pytest.approx(0.1) and main[1][0] == pytest.approx(0.05)
+    assert main[0][0] == pytest.approx(0.1)
+    assert main[1][0] == pytest.approx(0.05)
     assert main[0][0] > main[0][1] > main[0][2] > 0.05
 
 
 def _onecycle_peaks_at_lr_then_anneals(epochs, main):  # its own warm-up, whatever warmup_epochs says
     lrs = [lr for e in epochs for lr in e]
-    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.01 and lrs[-1] < 1e-3
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)
+    assert lrs[0] < 0.01
+    assert lrs[-1] < 1e-3
 
 
 def _plateau_cuts_after_three_stalled_epochs(epochs, main):  # the metric is constant: 2 tolerated
-    assert main[0][0] == main[3][0] == pytest.approx(0.1) and main[4][0] == pytest.approx(0.05)
+    assert main[0][0] == main[3][0] == pytest.approx(0.1)
+    assert main[4][0] == pytest.approx(0.05)
 
 
 SCHEDULE_SHAPES = {
@@ -148,7 +155,8 @@ def test_every_scheduler_builds_and_steps(name, shape, warmup):
         warnings.simplefilter("error")  # e.g. torch's "scheduler.step() before optimizer.step()"
         epochs = run_schedule(HParams(scheduler=name, lr=0.1, epochs=8, gamma=0.5, warmup_epochs=warmup), 4)
     lrs = [lr for epoch in epochs for lr in epoch]
-    assert len(lrs) == 32 and all(math.isfinite(lr) and 0 <= lr <= 0.1 + 1e-12 for lr in lrs)
+    assert len(lrs) == 32
+    assert all(math.isfinite(lr) and 0 <= lr <= 0.1 + 1e-12 for lr in lrs)
     shape(epochs, epochs[warmup:])
 
 
@@ -165,11 +173,13 @@ def test_onecycle_warmup_of_the_whole_trial_still_trains_every_step(epochs, warm
         warnings.simplefilter("error")
         epoch_lrs = run_schedule(HParams(scheduler="onecycle", lr=0.1, epochs=epochs, warmup_epochs=warmup), spe)
     lrs = [lr for epoch in epoch_lrs for lr in epoch]
-    assert len(lrs) == epochs * spe and all(math.isfinite(lr) and 0 < lr <= 0.1 + 1e-12 for lr in lrs)
+    assert len(lrs) == epochs * spe
+    assert all(math.isfinite(lr) and 0 < lr <= 0.1 + 1e-12 for lr in lrs)
     total = epochs * spe
     if total >= 3:  # room for a warm-up: lr rises to its peak, then anneals in the steps left
         peak = min(warmup * spe, total - 2)
-        assert lrs[peak] == pytest.approx(0.1) and lrs.index(max(lrs)) == peak
+        assert lrs[peak] == pytest.approx(0.1)
+        assert lrs.index(max(lrs)) == peak
         assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=False))
         assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
 
@@ -180,14 +190,16 @@ def test_onecycle_warmup_peaks_where_linear_warmup_ends():
     cosine = run_schedule(HParams(scheduler="cosine", lr=0.1, epochs=4, warmup_epochs=1), steps_per_epoch=5)
     for epochs in (onecycle, cosine):
         lrs = [lr for epoch in epochs for lr in epoch]
-        assert lrs.index(max(lrs)) == 5 and max(lrs) == pytest.approx(0.1)
+        assert lrs.index(max(lrs)) == 5
+        assert max(lrs) == pytest.approx(0.1)
 
 
 def test_onecycle_trial_whose_warmup_covers_it_trains_every_epoch(fake8):
     trainer = Trainer(tiny_model(), fake8, HParams(scheduler="onecycle", warmup_epochs=3, epochs=3, batch_size=16),
                       device="cpu")
     history = trainer.fit()
-    assert [s.epoch for s in history] == [1, 2, 3] and all(math.isfinite(s.train_loss) for s in history)
+    assert [s.epoch for s in history] == [1, 2, 3]
+    assert all(math.isfinite(s.train_loss) for s in history)
 
 
 def test_warmup_is_linear_then_the_schedule():
@@ -207,11 +219,13 @@ def test_tensor_lr_is_updated_in_place():
     model = tiny_model()
     optimizer = build_optimizer(model.parameters(), hp, lr_tensor=True)
     lr = optimizer.param_groups[0]["lr"]
-    assert isinstance(lr, torch.Tensor) and optimizer.param_groups[0]["fused"]
+    assert isinstance(lr, torch.Tensor)
+    assert optimizer.param_groups[0]["fused"]
     schedule = build_scheduler(optimizer, hp, steps_per_epoch=3)
     one_step(model, optimizer)
     schedule.step()
-    assert optimizer.param_groups[0]["lr"] is lr and lr.item() < 0.1
+    assert optimizer.param_groups[0]["lr"] is lr
+    assert lr.item() < 0.1
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
@@ -259,7 +273,8 @@ def test_fit_on_digits_learns():
     model = build_model("shufflenet_v2_x0_5", task.num_classes)
     hp = HParams(optimizer="adam", lr=0.01, batch_size=32, epochs=3)
     history = Trainer(model, task, hp, device="cpu").fit()
-    assert len(history) == 3 and [s.epoch for s in history] == [1, 2, 3]
+    assert len(history) == 3
+    assert [s.epoch for s in history] == [1, 2, 3]
     assert history[-1].val_accuracy > 0.5  # chance is 0.1
     assert history[-1].train_loss < history[0].train_loss
     assert all(s.images_per_second > 0 and s.epoch_seconds > 0 and s.lr == 0.01 for s in history)
@@ -286,7 +301,8 @@ def test_best_state_dict_is_the_best_epochs_weights(fake8):
     snapshots = {}
     trainer.fit(lambda stats: snapshots.__setitem__(stats.epoch, {k: v.clone() for k, v in model.state_dict().items()}))
     losses = [s.val_loss for s in trainer.history]
-    assert trainer.best_epoch == losses.index(min(losses)) + 1 and trainer.best_value == min(losses)
+    assert trainer.best_epoch == losses.index(min(losses)) + 1
+    assert trainer.best_value == min(losses)
     best = snapshots[trainer.best_epoch]
     assert all(torch.equal(trainer.best_state_dict_cpu()[k], best[k]) for k in best)
     assert any(not torch.equal(v, best[k]) for k, v in model.state_dict().items())  # it moved on since
@@ -303,19 +319,24 @@ def test_on_epoch_may_raise_with_best_already_recorded(fake8):
     trainer = Trainer(tiny_model(), fake8, HParams(batch_size=16, epochs=5), device="cpu")
     with pytest.raises(Pruned):
         trainer.fit(prune_at_2)
-    assert len(trainer.history) == 2 and trainer.best_epoch in (1, 2) and trainer.best_state_dict is not None
+    assert len(trainer.history) == 2
+    assert trainer.best_epoch in (1, 2)
+    assert trainer.best_state_dict is not None
 
 
 def test_patience_stops_when_the_metric_stalls(fake8):
     # lr 0 on a model without BatchNorm: the validation metric never changes after epoch 1.
     trainer = Trainer(tiny_model(), fake8, HParams(lr=0.0, batch_size=16, epochs=10, patience=2), device="cpu")
     history = trainer.fit()
-    assert len(history) == 3 and trainer.stopped_early and trainer.best_epoch == 1
+    assert len(history) == 3
+    assert trainer.stopped_early
+    assert trainer.best_epoch == 1
 
 
 def test_no_patience_runs_every_epoch(fake8):
     trainer = Trainer(tiny_model(), fake8, HParams(lr=0.0, batch_size=16, epochs=4), device="cpu")
-    assert len(trainer.fit()) == 4 and not trainer.stopped_early
+    assert len(trainer.fit()) == 4
+    assert not trainer.stopped_early
 
 
 def test_diverging_loss_raises_non_finite(fake8):
@@ -332,13 +353,15 @@ def test_evaluate_covers_every_example(fake8):
     nn.init.zeros_(model[1].bias)  # uniform logits: loss log(4), and argmax says class 0
     loss, accuracy = evaluate(model, fake8.val, device="cpu", batch_size=7)  # 24 examples: 7+7+7+3
     labels = torch.cat([y for _, y in fake8.val.batches(100)])
-    assert loss == pytest.approx(math.log(4)) and accuracy == pytest.approx((labels == 0).float().mean().item())
+    assert loss == pytest.approx(math.log(4))
+    assert accuracy == pytest.approx((labels == 0).float().mean().item())
 
 
 def test_small_train_split_still_trains(fake8):
     """A batch larger than the split: one step per epoch of the whole split, not zero steps."""
     trainer = Trainer(tiny_model(), fake8, HParams(batch_size=4096, epochs=1), device="cpu")
-    assert trainer.steps_per_epoch == 1 and trainer.batch_size == len(fake8.train)
+    assert trainer.steps_per_epoch == 1
+    assert trainer.batch_size == len(fake8.train)
     assert math.isfinite(trainer.fit()[0].train_loss)
 
 
@@ -352,7 +375,8 @@ def test_two_trials_reuse_the_loaded_data(monkeypatch):
         trainer = Trainer(tiny_model(), task, HParams(batch_size=16, epochs=1), device="cpu", seed=trial)
         trainer.fit()
         trainer.release()
-        assert trainer.model is None and trainer.best_state_dict is not None
+        assert trainer.model is None
+        assert trainer.best_state_dict is not None
     assert len(calls) == 1
 
 
@@ -372,7 +396,7 @@ def test_cpu_never_touches_cuda_graph_apis(fake8, monkeypatch):
     trainer.release()
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize(("bad", "message"), [
     (dict(cuda_graphs="on"), "train.cuda_graphs must be one of auto, off, got 'on'"),
     (dict(amp="fp16"), "train.amp must be one of auto, off"),
 ])
@@ -516,12 +540,18 @@ def test_failed_capture_restores_the_stream_and_trains_the_trial_eagerly(fake8, 
     assert graphs_disabled_reason() == reason
     assert fake.current is fake.default  # not the capture stream graph.__exit__ left behind
     # One side stream for the 3 warm-up steps and the capture, thread_local so other threads cannot break it.
-    assert fake.streams == [side] and len(fake.captures) == 1
-    assert fake.captures[0]["stream"] is side and fake.captures[0]["mode"] == "thread_local"
+    assert fake.streams == [side]
+    assert len(fake.captures) == 1
+    assert fake.captures[0]["stream"] is side
+    assert fake.captures[0]["mode"] == "thread_local"
     assert model.train_streams == [side] * 3 + [fake.default] * 7
     # Every batch trained once (the one whose capture failed, eagerly), every epoch.
-    assert steps == [5, 5] and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
-    assert not trainer.use_graphs and trainer._graph is None and trainer._static is None
+    assert steps == [5, 5]
+    assert len(history) == 2
+    assert all(math.isfinite(s.train_loss) for s in history)
+    assert not trainer.use_graphs
+    assert trainer._graph is None
+    assert trainer._static is None
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     # The pool: released by us only when capture_end never got to hand it back (else the graph's own);
     # then the graph is reset and kept alive, since torch's host allocator may still read it.
@@ -549,10 +579,13 @@ def test_out_of_memory_in_a_capture_is_raised_with_graphs_left_on(fake8, monkeyp
         warnings.simplefilter("error")  # no "CUDA graph capture failed, training eagerly instead"
         with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 2.00 GiB"):
             trainer.fit()
-    assert graphs_disabled_reason() is None and int(trainer._steps) == 3  # the warm-up steps, no eager one after
+    assert graphs_disabled_reason() is None
+    assert int(trainer._steps) == 3  # the warm-up steps, no eager one after
     # Cleaned up as any failed capture: stream restored, an unfinished pool released, memory handed back.
-    assert fake.current is fake.default and trainer._graph is None
-    assert fake.released == ([(0, (0, 7))] if capture_end_fails else []) and fake.cleanups == 2
+    assert fake.current is fake.default
+    assert trainer._graph is None
+    assert fake.released == ([(0, (0, 7))] if capture_end_fails else [])
+    assert fake.cleanups == 2
 
 
 def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkeypatch):
@@ -567,8 +600,10 @@ def test_after_a_failed_capture_no_trainer_in_the_process_captures(fake8, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second.fit()
-    assert not second.use_graphs and model.train_streams == [fake.default] * 5
-    assert len(fake.captures) == 1 and len(fake.graphs) == 1
+    assert not second.use_graphs
+    assert model.train_streams == [fake.default] * 5
+    assert len(fake.captures) == 1
+    assert len(fake.graphs) == 1
     reset_graphs_state()
     assert graphs_disabled_reason() is None
 
@@ -589,7 +624,8 @@ def test_batch_in_the_models_memory_format_reaches_it_uncopied(fake8, monkeypatc
     model = tiny_model()
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].data_ptr()) if module.training else None)
     Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()
-    assert len(made) == 5 and seen == made
+    assert len(made) == 5
+    assert seen == made
 
 
 def test_batch_in_another_memory_format_is_converted_once(fake8, monkeypatch):
@@ -597,7 +633,8 @@ def test_batch_in_another_memory_format_is_converted_once(fake8, monkeypatch):
     model = tiny_model()
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0]) if module.training else None)
     Trainer(model, fake8, HParams(batch_size=16, epochs=1), device="cpu").fit()  # augmented: channels_last
-    assert len(seen) == 5 and all(x.is_contiguous() for x in seen)
+    assert len(seen) == 5
+    assert all(x.is_contiguous() for x in seen)
 
 
 # --------------------------------------------------------------------------- no lost steps
@@ -610,7 +647,7 @@ def _count_training_batches(model: nn.Module) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize("batch_size, expected", [
+@pytest.mark.parametrize(("batch_size", "expected"), [
     (16, [16, 16, 16, 16, 11]),  # the ragged last batch is trained, not dropped
     (25, [25, 25, 25]),          # divides the split: nothing ragged
     (37, [37, 38]),              # a last batch of one image joins the one before (BatchNorm needs two)
@@ -625,8 +662,10 @@ def test_every_training_image_is_seen_every_epoch(batch_size, expected):
     trainer = Trainer(model, task, HParams(batch_size=batch_size, epochs=2), device="cpu")
     trainer.optimizer.register_step_post_hook(lambda *_: steps.append(1))
     trainer.fit()
-    assert sizes == expected * 2 and len(steps) == 2 * len(expected)
-    assert trainer.steps_per_epoch == len(expected) and trainer.images_last_epoch == 75
+    assert sizes == expected * 2
+    assert len(steps) == 2 * len(expected)
+    assert trainer.steps_per_epoch == len(expected)
+    assert trainer.images_last_epoch == 75
 
 
 # --------------------------------------------------------------------------- CUDA (run on a GPU machine)
@@ -658,7 +697,8 @@ def test_the_ragged_last_batch_steps_eagerly_beside_the_graph():
     sizes = _count_training_batches(model)
     trainer = Trainer(model, task, HParams(optimizer="adamw", batch_size=16, epochs=3), device="cuda")
     history = trainer.fit()
-    assert trainer._graph is not None and trainer.images_last_epoch == 75
+    assert trainer._graph is not None
+    assert trainer.images_last_epoch == 75
     assert sizes.count(11) == 3  # eager forwards (replays run no Python); capture and warm-up saw 16
     assert all(math.isfinite(s.train_loss) for s in history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -688,7 +728,8 @@ def test_cuda_default_path_learns_and_releases():
     seed_everything(0)
     trainer = Trainer(build_model("resnet18", 10), task, HParams(optimizer="adamw", lr=3e-3, batch_size=128,
                                                                  epochs=8, scheduler="onecycle"), device="cuda")
-    assert trainer.fit()[-1].val_accuracy > 0.5 and trainer._graph is not None  # chance: 0.1
+    assert trainer.fit()[-1].val_accuracy > 0.5  # chance: 0.1
+    assert trainer._graph is not None
     trainer.release()
     assert all(v.device.type == "cpu" for v in trainer.best_state_dict.values())
 
@@ -703,7 +744,9 @@ def test_failed_capture_falls_back_to_eager_with_one_warning(monkeypatch):
     trainer = Trainer(build_model("mobilenet_v2", 10), task, HParams(batch_size=32, epochs=2), device="cuda")
     with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
         history = trainer.fit()
-    assert len(record) == 1 and len(history) == 2 and not trainer.use_graphs
+    assert len(record) == 1
+    assert len(history) == 2
+    assert not trainer.use_graphs
     assert graphs_disabled_reason() == "RuntimeError: capture unsupported"
 
 
@@ -728,9 +771,13 @@ def test_capture_broken_by_a_host_sync_leaves_a_healthy_process():
     trainer = Trainer(ItemInForward(), task, HParams(batch_size=32, epochs=2), device="cuda")
     with pytest.warns(UserWarning, match="CUDA graph capture failed") as record:
         history = trainer.fit()
-    assert len(record) == 1 and len(history) == 2 and all(math.isfinite(s.train_loss) for s in history)
-    assert not trainer.use_graphs and trainer._graph is None
-    assert graphs_disabled_reason() is not None and "capturing" in graphs_disabled_reason()
+    assert len(record) == 1
+    assert len(history) == 2
+    assert all(math.isfinite(s.train_loss) for s in history)
+    assert not trainer.use_graphs
+    assert trainer._graph is None
+    assert graphs_disabled_reason() is not None
+    assert "capturing" in graphs_disabled_reason()
     assert torch.cuda.current_stream() == torch.cuda.default_stream()  # not the capture stream
     assert not torch.cuda.is_current_stream_capturing()
     trainer.release()
@@ -740,11 +787,13 @@ def test_capture_broken_by_a_host_sync_leaves_a_healthy_process():
     seed_everything(0)
     hp = HParams(optimizer="adamw", lr=3e-3, batch_size=128, epochs=8, scheduler="onecycle")
     following = Trainer(build_model("resnet18", 10), digits, hp, device="cuda")
-    assert not following.use_graphs and not isinstance(following.optimizer.param_groups[0]["lr"], torch.Tensor)
+    assert not following.use_graphs
+    assert not isinstance(following.optimizer.param_groups[0]["lr"], torch.Tensor)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="CUDA graph capture failed")
         history = following.fit()
-    assert history[-1].val_accuracy > 0.5 and following._graph is None  # chance: 0.1
+    assert history[-1].val_accuracy > 0.5  # chance: 0.1
+    assert following._graph is None
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
 
 
@@ -755,6 +804,8 @@ def test_graph_on_a_second_gpu_is_captured_there():
     task = load_data(DataConfig("fake", samples=256), "cuda:1", *NORM)
     trainer = Trainer(build_model("mobilenet_v2", 10), task, HParams(batch_size=32, epochs=2), device="cuda:1")
     history = trainer.fit()
-    assert trainer._graph is not None and graphs_disabled_reason() is None
-    assert trainer._side_stream.device == torch.device("cuda", 1) and torch.cuda.current_device() == 0
+    assert trainer._graph is not None
+    assert graphs_disabled_reason() is None
+    assert trainer._side_stream.device == torch.device("cuda", 1)
+    assert torch.cuda.current_device() == 0
     assert all(math.isfinite(s.train_loss) for s in history)
