@@ -23,6 +23,11 @@ from .support import TINY_SPACE, merge
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
+# The trainer's tests run in a process of their own, where only torch and what comes with it can be imported
+# (test_trainer_torch_alone.py): leave them out of this session's collection so each runs once. Named on the
+# command line (`python -m pytest tests/trainer_tests`), they are collected as usual.
+collect_ignore = ["trainer_tests"]
+
 
 @pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory) -> Path:

@@ -70,3 +70,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A GPU box's python (benchmarks/gpu_check.py runs the trainer tests there): torch, torchvision, numpy, Pillow,
+# scikit-learn and pytest, but no optuna, mlflow or torchao. The engine may not use the rest of hpsearch's
+# stack either (yaml, click, rich, the database drivers, pandas). This preamble makes all of them unimportable:
+# the finder that reads sys.path says they are not there, as for a module never installed.
+TORCH_ALONE = """
+import importlib.machinery
+import sys
+ABSENT = {"optuna", "mlflow", "torchao", "yaml", "click", "rich", "sqlalchemy", "alembic", "psycopg", "pandas"}
+
+class Absent(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] in ABSENT else super().find_spec(name, path, target)
+
+sys.meta_path[:] = [Absent if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""

@@ -102,3 +102,23 @@ def test_every_shipped_space_validates(capsys, path):
     code, out, err = call(capsys, "validate", path)
     assert code == 0, err
     assert "valid" in out
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--version"], 0), (["status", "--format", "xml"], 2)])
+def test_the_hpsearch_process_exits_with_its_code_after_threads_and_exit_handlers(tmp_path, argv, code):
+    """The `hpsearch` process skips Python's module teardown at exit: what a normal exit does must still happen."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, sys, threading, time\n"
+        "atexit.register(lambda: print('exit handler ran', flush=False))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread finished', flush=False))).start()\n"
+        f"sys.argv = ['hpsearch', *{argv!r}]\n"
+        "from hpsearch.cli.main import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == code, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["thread finished", "exit handler ran"]  # printed, not lost

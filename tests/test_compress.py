@@ -10,8 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from hpsearch.cli.main import cli, main
+from hpsearch.core.locations import DEFAULT_TRACKING_URI
 from hpsearch.deploy.compression import load_int8
-from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import client_for
 
 pytestmark = pytest.mark.slow
 

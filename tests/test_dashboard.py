@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 
 from hpsearch.cli.ui import end_tree
 from hpsearch.core.locations import DEFAULT_STORAGE
@@ -27,6 +28,7 @@ def _get_json(url: str) -> dict | None:
         return None
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_lists_the_study_and_its_trials_from_the_journal(finished_study):
     port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"  # the console script of this environment

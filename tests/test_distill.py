@@ -14,10 +14,11 @@ import yaml
 from click.testing import CliRunner
 
 from hpsearch.cli.main import cli, main
+from hpsearch.core.locations import DEFAULT_TRACKING_URI
 from hpsearch.engine.models import build_model
 from hpsearch.results.export import _write_files, default_export_dir
 from hpsearch.spec.study_spec import load_spec
-from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import client_for
 
 from .support import REPO
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from hpsearch.cli.main import cli, main
-from hpsearch.core.locations import DEFAULT_STORAGE
+from hpsearch.core.locations import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 from hpsearch.storage.stores import open_storage
-from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, client_for
+from hpsearch.tracking.mlflow_client import client_for
 
 from .support import TINY_SPACE, merge, run_cli
 
@@ -200,18 +200,19 @@ def test_no_test_split_trains_on_more_and_evaluate_refuses_clearly(write_space, 
                                       "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")
 
 
-def test_the_startup_trials_are_the_study_seeds_on_one_slot_or_two(tmp_path):
+def test_the_startup_trials_are_the_study_seeds_on_one_slot_or_two(tmp_path, mlflow_store_template):
     """Trial n draws the same values whichever worker runs it: two slots repeat one slot's random trials."""
-    space = merge(TINY_SPACE, {"study": {"n_trials": 4, "sampler": {"name": "tpe", "seed": 3, "n_startup_trials": 4}},
+    space = merge(TINY_SPACE, {"study": {"n_trials": 3, "sampler": {"name": "tpe", "seed": 3, "n_startup_trials": 3}},
                                "train": {"epochs": 1}})
     params = {}
     for slots in (1, 2):
         folder = tmp_path / f"slots-{slots}"
-        folder.mkdir()
+        (folder / "mlruns").mkdir(parents=True)
+        shutil.copyfile(mlflow_store_template, folder / "mlruns" / "mlflow.db")
         (folder / "tiny.yaml").write_text(yaml.safe_dump(merge(space, {"resources": {"trials_per_device": slots}})))
         result = run_cli("run", "tiny.yaml", cwd=folder)
         assert result.returncode == 0, result.stdout + result.stderr
         study = optuna.load_study(study_name="tiny", storage=open_storage(str(folder / DEFAULT_STORAGE)))
         params[slots] = {t.number: t.params for t in study.get_trials()}
-    assert len(params[1]) == 4
+    assert len(params[1]) == 3
     assert params[1] == params[2]

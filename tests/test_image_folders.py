@@ -25,17 +25,17 @@ CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 240, 20  # 2,600 files: past the 
 def test_a_folder_of_thousands_of_images_trains(layout, in_memory, write_space, workdir, image_folder):
     root = image_folder(workdir / "images", layout, CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS)
     space = write_space({
-        "study": {"name": "folder", "n_trials": 2},
+        "study": {"name": "folder", "n_trials": 1},
         "task": {"data": {"name": "imagefolder", "root": str(root), "image_size": 32, "val_fraction": 0.1,
                           "augment": "standard", "in_memory": in_memory}},
         "train": {"epochs": 2, "batch_size": 128},
     })
     result = run_cli("run", str(space), cwd=workdir, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2/2 finished" in result.stdout
+    assert "1/1 finished" in result.stdout
     status = run_cli("status", "--format", "json", cwd=workdir)
     trials = json.loads(status.stdout)
-    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
-    # Ten classes with distinct colours: learnable well above chance (0.1) in two epochs, whatever two
-    # learning rates the sampler draws (measured 0.46-0.9 across layouts and seeds).
-    assert max(t["value"] for t in trials) > 0.3
+    assert [t["state"] for t in trials] == ["COMPLETE"]
+    # Ten classes with distinct colours: learnable well above chance (0.1) in two epochs, whatever learning
+    # rate the sampler draws (measured 0.46-0.9 across layouts, seeds and rates).
+    assert trials[0]["value"] > 0.3

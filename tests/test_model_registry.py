@@ -74,6 +74,7 @@ def register(cwd, *extra: str, name: str | None = None) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_register_makes_versions_that_predict_without_hpsearch(finished_study, tmp_path):
     record = register(finished_study)
     assert record["registered"] == {"name": "finished", "version": 1, "model_uri": "models:/finished/1"}
@@ -109,6 +110,7 @@ def test_register_makes_versions_that_predict_without_hpsearch(finished_study, t
     assert "registered   models:/finished/2  (model 'finished', version 2)" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_name_the_registry_refuses_is_one_line_exit_2(finished_study, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["best", "--register", "team/winner"])
@@ -117,6 +119,7 @@ def test_a_name_the_registry_refuses_is_one_line_exit_2(finished_study, capsys):
         "error: --register: model name 'team/winner' contains '/', which MLflow refuses in a name"]
 
 
+@pytest.mark.slow
 def test_register_through_a_tracking_server(finished_study, mlflow_server, tmp_path):
     server = mlflow_server(f"sqlite:///{finished_study}/mlruns/mlflow.db")
     record = register(finished_study, "--tracking-uri", server, name="winner")

@@ -33,7 +33,7 @@ from .pg_cluster import PrivateCluster, missing_reason
 from .support import TINY_SPACE, free_port, run_cli
 
 PASSWORD = "s3cret-pw"
-DEADLINE = 2.0  # HPSEARCH_CONNECT_TIMEOUT for the rows that must wait it out
+DEADLINE = 1.0  # HPSEARCH_CONNECT_TIMEOUT for the rows that must wait it out
 SLACK = 4.0  # start-up and scheduling on a busy machine, beyond the deadline
 AT_ONCE_SECONDS = 2.0  # a refusal, with a 30 s deadline it must not wait for
 
@@ -150,9 +150,9 @@ REFUSED = "at once"  # a refusal: the one line comes at once, whatever the deadl
 CASES = [
     # the study storage
     pytest.param((*STATUS, "postgresql://hps:{pw}@127.0.0.1:{closed}/nowhere"), "--storage",
-                 "did not answer within 2s (HPSEARCH_CONNECT_TIMEOUT): Connection refused", WAITS, id="pg-closed-port"),
+                 "did not answer within 1s (HPSEARCH_CONNECT_TIMEOUT): Connection refused", WAITS, id="pg-closed-port"),
     pytest.param((*STATUS, "postgresql://hps:{pw}@127.0.0.1:{silent}/test"), "--storage",
-                 "did not answer within 2s", WAITS, id="pg-never-answers"),
+                 "did not answer within 1s", WAITS, id="pg-never-answers"),
     pytest.param((*STATUS, "postgresql://hps:{pw}@127.0.0.1:{cluster}/postgres"), "--storage",
                  'password authentication failed for user "hps"', REFUSED, id="pg-wrong-password"),
     pytest.param((*STATUS, "postgresql://nosuchuser:{pw}@127.0.0.1:5432/test"), "--storage",
@@ -174,11 +174,11 @@ CASES = [
     pytest.param((*STATUS, "redis://127.0.0.1:{closed}"), "--storage", "redis", REFUSED, id="redis"),
     # the tracking store
     pytest.param((*RUN, "http://hps:{pw}@127.0.0.1:{closed}"), "--tracking-uri",
-                 "did not answer within 2s (HPSEARCH_CONNECT_TIMEOUT): connection refused", WAITS,
+                 "did not answer within 1s (HPSEARCH_CONNECT_TIMEOUT): connection refused", WAITS,
                  id="http-closed-port"),
-    pytest.param((*RUN, "http://127.0.0.1:{silent}"), "--tracking-uri", "did not answer within 2s", WAITS,
+    pytest.param((*RUN, "http://127.0.0.1:{silent}"), "--tracking-uri", "did not answer within 1s", WAITS,
                  id="http-never-answers"),
-    pytest.param((*RUN, "{web}/busy"), "--tracking-uri", "did not answer within 2s", WAITS, id="http-503"),
+    pytest.param((*RUN, "{web}/busy"), "--tracking-uri", "did not answer within 1s", WAITS, id="http-503"),
     pytest.param((*RUN, "{web}"), "--tracking-uri", "not an MLflow tracking server (HTTP 404", REFUSED,
                  id="http-404-not-mlflow"),
     pytest.param((*RUN, "{web}/html"), "--tracking-uri", "not an MLflow tracking server (HTTP 200", REFUSED,
@@ -236,7 +236,7 @@ def test_the_command_line_itself_gives_up_in_seconds(project):
     seconds = time.monotonic() - started
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: --storage postgresql://u:***@127.0.0.1:{port}/nowhere did not answer within 2s "
+        f"error: --storage postgresql://u:***@127.0.0.1:{port}/nowhere did not answer within 1s "
         "(HPSEARCH_CONNECT_TIMEOUT): Connection refused"]
     assert result.stdout == ""
     # Python's start-up and imports (torch, MLflow) take seconds on a busy machine; the wait used to be 900 s.

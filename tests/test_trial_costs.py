@@ -37,6 +37,7 @@ def test_costs_of_the_trained_model_on_one_thread(trained):
     assert torch.get_num_threads() == 2  # timed on one thread, the worker's count given back
 
 
+@pytest.mark.slow
 def test_a_quantized_pruned_trial_is_measured_after_compression(trained):
     spec, hp, trainer = trained
     plain = measure_trained(spec, hp, trainer, "cpu")

@@ -18,6 +18,7 @@ import urllib.request
 
 import optuna
 import psutil
+import pytest
 from mlflow import MlflowClient
 
 from hpsearch.cli.ui import is_loopback
@@ -92,6 +93,7 @@ def _get(url: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_ui_links_the_last_study_and_ctrl_c_ends_its_whole_process_tree(finished_study):
     port = free_port()
     ui = UiProcess(finished_study, "--port", str(port))
@@ -135,6 +137,7 @@ def test_ui_links_the_last_study_and_ctrl_c_ends_its_whole_process_tree(finished
         ui.kill()
 
 
+@pytest.mark.slow
 def test_ui_without_a_study_shows_its_start_page_and_sigterm_exits_0(workdir):
     port = free_port()
     # MLflow's job runner is left out here: the test above ends the whole default tree.

@@ -51,6 +51,7 @@ def _artifacts(client, run_id: str, folder: str) -> set[str]:
 # ---------------------------------------------------------------- end to end, on the finished study
 
 
+@pytest.mark.slow
 def test_run_and_report_tell_the_study_story(finished_study):
     client = client_for("sqlite:///mlruns/mlflow.db")
     experiment_id, parent = _parent(client, "finished")
@@ -90,6 +91,7 @@ def test_run_and_report_tell_the_study_story(finished_study):
     assert "report/report.html" in note
 
 
+@pytest.mark.slow
 def test_report_without_an_mlflow_run_warns_once_and_still_writes_the_page(finished_study):
     proc = run_cli("report", "--study", "finished", "--tracking-uri", "sqlite:///other/mlflow.db",
                    "--out", "elsewhere", cwd=finished_study)

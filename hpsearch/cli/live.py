@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from hpsearch.core.credentials import redact
+from hpsearch.core.record_keys import Ended
 from hpsearch.core.terminal import escaped
 from hpsearch.orchestration.devices import Slot
 from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
@@ -39,7 +40,7 @@ class LiveView:
     direction: str
     n_trials: int
     interactive: bool = field(default_factory=lambda: sys.stdout.isatty())
-    counts: dict[str, int] = field(default_factory=lambda: {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {Ended.COMPLETE: 0, Ended.PRUNED: 0, Ended.FAIL: 0})
     best: float | None = None
     best_trial: int | None = None
     slots: dict[int, SlotState] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class LiveView:
 
     def trial_ended(self, slot: Slot, number: int, state: str, value: float | None, reason: str | None) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
-        if state == "COMPLETE" and value is not None and self._better(value):
+        if state == Ended.COMPLETE and value is not None and self._better(value):
             self.best, self.best_trial = value, number
         s = self._slot(slot)
         s.trial = None
@@ -114,10 +115,11 @@ class LiveView:
         return value > self.best if self.direction == "maximize" else value < self.best
 
     def _counts_text(self) -> str:
-        done = self.counts["COMPLETE"] + self.counts["PRUNED"]
+        done = self.counts[Ended.COMPLETE] + self.counts[Ended.PRUNED]
         return (
-            f"{done}/{self.n_trials} finished ({self.counts['COMPLETE']} complete, {self.counts['PRUNED']} pruned, "
-            f"{self.counts['FAIL']} failed), best {self.metric}={_fmt(self.best)}"
+            f"{done}/{self.n_trials} finished ("
+            f"{self.counts[Ended.COMPLETE]} complete, {self.counts[Ended.PRUNED]} pruned, "
+            f"{self.counts[Ended.FAIL]} failed), best {self.metric}={_fmt(self.best)}"
             + (f" (trial {self.best_trial})" if self.best_trial is not None else "")
         )
 

@@ -43,8 +43,8 @@ def report(space: str | None, study_name: str | None, storage: str | None, track
 def ui(port: int, host: str, tracking_uri: str | None) -> None:
     """Start the MLflow UI on this folder's tracking store and print the last study's runs and best trials."""
     from hpsearch.cli.ui import serve_ui, study_pages
+    from hpsearch.core.locations import DEFAULT_TRACKING_URI
     from hpsearch.storage import last_run
-    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI
     from hpsearch.tracking.probe import check_tracking
 
     pages = None

@@ -51,8 +51,18 @@ MAX_TAG_CHARS = 4000
 MODEL_TAG_METRIC = "hpsearch.metric"  # the study's metric name
 MODEL_TAG_VALUE = "hpsearch.value"  # the winner's value of it
 
-# Optuna trial state → MLflow run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+class Ended(StrEnum):
+    """How a trial ended, in the words of Optuna's TrialState names: the TAG_STATE of its run, the live view's
+    counts, the worker's event. A str, so that the tag and the JSON carry the plain name."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+
+
+# How a trial ended → MLflow run status.
+RUN_STATUS = {Ended.COMPLETE: "FINISHED", Ended.PRUNED: "FINISHED", Ended.FAIL: "FAILED", "KILLED": "KILLED"}
 
 
 class FailureKind(StrEnum):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpsearch.core.hparams import CUDA_GRAPH_MODES, DIRECTIONS, EPOCH_METRICS, METRICS, HParams
+from hpsearch.core.hparams import DIRECTIONS, EPOCH_METRICS, METRICS, HParams, TrainSettings
 from hpsearch.engine.data import batch_bounds
 from hpsearch.engine.finetune import group_lrs, param_groups
 from hpsearch.engine.models import freeze_stages, set_train_mode
@@ -40,19 +40,6 @@ from hpsearch.engine.optim import _complete_momentum_buffers, build_optimizer, b
 from hpsearch.engine.teacher import distillation_loss, prepare_teacher
 
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy optimizer state, cuDNN autotuning)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    cuda_graphs: str = "auto"  # auto | off: capture the train step in a CUDA graph on CUDA; never on CPU
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | off: fp32
-    channels_last: str = "auto"  # auto: on CUDA only | off
-
-    def __post_init__(self) -> None:
-        allowed = {"cuda_graphs": CUDA_GRAPH_MODES, "amp": ("auto", "off"), "channels_last": ("auto", "off")}
-        for name, values in allowed.items():
-            if getattr(self, name) not in values:
-                raise ValueError(f"train.{name} must be one of {', '.join(values)}, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -109,6 +109,23 @@ def build_model_for(spec: Spec, hp: HParams, num_classes: int, weights: str | No
     )
 
 
+def rebuilt_model(spec: Spec, hp: HParams, state: dict[str, Any]) -> nn.Module:
+    """The trial's network holding `state` (its checkpoint's weights), with as many classes as the
+    checkpoint's head has; no pretrained weights are loaded first (they would be overwritten)."""
+    import torch
+
+    from hpsearch.core.errors import RunFailure
+
+    with torch.device("meta"):  # a shell, no memory, only to learn the head's name
+        shell = build_model_for(spec, hp, 1, weights="none")
+    head_weight = state.get(f"{getattr(shell, 'hpsearch_head', '')}.weight")
+    if head_weight is None:
+        raise RunFailure(f"the checkpoint does not fit {spec.task.model.name}: it has no classifier head")
+    model = build_model_for(spec, hp, int(head_weight.shape[0]), weights="none")
+    model.load_state_dict(state)
+    return model
+
+
 def latency_setup(spec: Spec, device: str) -> tuple[str, LatencyFormat]:
     """Where a trial's latency is measured, and in which format: on its own device in the format it trained in
     (bf16 channels_last on CUDA, train.training_format), or on the CPU in fp32 for every trial of a study that
@@ -136,8 +153,7 @@ def measure_trained(spec: Spec, hp: HParams, trainer: Trainer, device: str) -> d
     weights = trainer.best_state_dict_cpu()
     assert weights is not None  # called for a trial that finished an epoch
     # A fresh model with the best weights: no training hooks, captured graphs or compile wrappers in the timing.
-    model: nn.Module = build_model_for(spec, hp, trainer.data.num_classes)
-    model.load_state_dict(weights)
+    model = rebuilt_model(spec, hp, weights)
     where, fmt = latency_setup(spec, device)
     measured: dict[str, float] = {}
     if hp.prune_amount or hp.quantize != "none":

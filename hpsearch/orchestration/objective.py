@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from hpsearch.core import record_keys
 from hpsearch.core.hparams import HParams
 from hpsearch.core.interrupts import GUARD, Interrupted
-from hpsearch.core.record_keys import FailureKind
+from hpsearch.core.record_keys import Ended, FailureKind
 from hpsearch.core.seeding import trial_seed
 from hpsearch.orchestration import events
 from hpsearch.orchestration.builders import build_trainer, hparams_for, measure_trained, run_params
@@ -81,7 +81,8 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
     number = trial.number
     run: TrialRun | None = None
     trainer: Trainer | None = None
-    state, value, reason, failure = "FAIL", None, None, FailureKind.ERROR
+    state: str = Ended.FAIL
+    value, reason, failure = None, None, FailureKind.ERROR
     values: list[float] | None = None  # a multi-objective study's, in the order of spec.study.targets
     hp = None
     try:
@@ -101,11 +102,11 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
             run.log_epoch(1, trainer.group_lrs)
         on_epoch = _epoch_hook(context, trial, run, hp.epochs)
         trainer.fit(on_epoch)
-        state, value = "COMPLETE", trainer.best_value
+        state, value = Ended.COMPLETE, trainer.best_value
         if spec.study.multi and value is not None:
             values = _objective_values(spec, hp, trainer, run, context.device)
     except optuna.TrialPruned:
-        state, value = "PRUNED", trainer.best_value if trainer is not None else None
+        state, value = Ended.PRUNED, trainer.best_value if trainer is not None else None
     except NonFiniteLoss as exc:
         reason, failure = str(exc), FailureKind.NONFINITE
     except Interrupted:
@@ -122,7 +123,7 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
             state, reason, failure = _close_trial(context, trial, run, trainer, state, values or value, reason,
                                                   failure)
     outcome = TrialOutcome(number, state, value, reason)
-    context.on_event(TrialEnded(number, state, value, reason, failure if state == "FAIL" else None))
+    context.on_event(TrialEnded(number, state, value, reason, failure if state == Ended.FAIL else None))
     if failure is FailureKind.INTERRUPTED or GUARD.pending:
         raise Interrupted()
     return outcome
@@ -171,8 +172,8 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
     checkpoint = None
     if run is not None and trainer is not None and _keeps_checkpoint(spec.tracking.checkpoints, state):
         checkpoint = trainer.best_state_dict_cpu()
-    if state == "COMPLETE" and value is None:
-        state, reason, failure = "FAIL", "the trainer produced no value", FailureKind.ERROR
+    if state == Ended.COMPLETE and value is None:
+        state, reason, failure = Ended.FAIL, "the trainer produced no value", FailureKind.ERROR
     if run is not None:
         interrupted = failure is FailureKind.INTERRUPTED
         # Closing the run (and writing the checkpoint) goes to the writer thread, except when the
@@ -181,11 +182,11 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
         run.finish(state, reason, status="KILLED" if interrupted else None, checkpoint=checkpoint, wait=interrupted,
                    on_checkpoint_error=lambda error: context.on_event(events.CheckpointFailed(trial.number, error)))
     try:
-        if state == "COMPLETE":
+        if state == Ended.COMPLETE:
             if checkpoint is not None:  # told now, stored by the writer thread a moment later
                 trial.set_user_attr(record_keys.ATTR_CHECKPOINT_PENDING, True)
             study.tell(trial, value)
-        elif state == "PRUNED":
+        elif state == Ended.PRUNED:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             trial_access.fail_trial(study, trial, reason, failure)
@@ -204,9 +205,9 @@ def _close_trial(context: TrialContext, trial: optuna.Trial, run: TrialRun | Non
 
 def _keeps_checkpoint(policy: str, state: str) -> bool:
     """Whether a trial that ended `state` stores its best weights under `tracking.checkpoints: policy`."""
-    if state == "FAIL" or policy == "none":
+    if state == Ended.FAIL or policy == "none":
         return False
-    return policy == "all" or state == "COMPLETE"
+    return policy == "all" or state == Ended.COMPLETE
 
 
 def _free_device_memory(trainer: Trainer | None) -> None:

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure
 from hpsearch.core.lock_waits import LockWaitAborted
-from hpsearch.core.record_keys import FailureKind
+from hpsearch.core.record_keys import Ended, FailureKind
 from hpsearch.orchestration.devices import Slot
 from hpsearch.orchestration.events import (
     CheckpointFailed,
@@ -146,7 +146,7 @@ class Orchestrator:
     def _budget_left(self) -> tuple[bool, bool]:
         """(done, may_start): done when the budget is met; may_start when one more trial fits it."""
         counts = trial_states.count_states(self.study)
-        finished = sum(counts[s] for s in trial_states.FINISHED)
+        finished = trial_states.finished_count(counts)
         if finished >= self.spec.study.n_trials:
             return True, False
         return False, finished + counts[TrialState.RUNNING] < self.spec.study.n_trials
@@ -183,7 +183,7 @@ class Orchestrator:
             frozen = trial_access.get_trial(self.study, trial_id)
             if not self.stop_requested and retries.enqueue_retry(self.study, frozen):
                 self.live.message(f"trial {frozen.number} will be retried once with the same parameters")
-            self.live.trial_ended(handle.slot, frozen.number, "FAIL", None, reason)
+            self.live.trial_ended(handle.slot, frozen.number, Ended.FAIL, None, reason)
         handle.trial_id = handle.trial_number = None
 
     def _check_dead(self) -> None:
@@ -196,7 +196,7 @@ class Orchestrator:
                 reason = f"worker process died ({how}) on {handle.slot.label}"
                 self.live.message(f"slot {index}: {reason} during trial {handle.trial_number}")
                 self._fail_orphan(handle, reason, FailureKind.KILLED)
-                self._count_outcome("FAIL", reason)
+                self._count_outcome(Ended.FAIL, reason)
             del self.workers[index]
             if self.stop_requested:
                 continue
@@ -253,7 +253,7 @@ class Orchestrator:
 
     def _count_outcome(self, state: str, reason: str | None) -> None:
         """Every trial failing in a row means a broken setup, not bad luck: stop instead of spinning."""
-        if state != "FAIL":
+        if state != Ended.FAIL:
             self.failures_in_a_row = 0
             return
         self.failures_in_a_row += 1
@@ -357,7 +357,7 @@ class Orchestrator:
             raise RunFailure(self.fatal)
         counts = trial_states.count_states(self.study)
         summary = RunSummary(
-            finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+            finished=trial_states.finished_count(counts),
             complete=counts[TrialState.COMPLETE],
             pruned=counts[TrialState.PRUNED],
             failed=counts[TrialState.FAIL],

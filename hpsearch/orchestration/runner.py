@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, redact
@@ -33,24 +33,9 @@ Publisher = Callable[[Spec, optuna.Study, study_runs.StudyTracker, str, Callable
 def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) -> RunSummary:
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
-    # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
-    # the values are sampled in the workers, each with its own sampler.
-    sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
-    # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
-    # (the real URLs are passed on separately, and come back from the options or the environment).
-    study, resumed = stores.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
-                                                storage_url)
-    study.set_user_attr(record_keys.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
-
-    # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
-    # fail what is still open, then retry each with the same parameters (study.RETRIES_ALLOWED). Under the budget lock,
-    # so that two runs starting together never enqueue the same retry twice.
-    with locks.budget_lock(storage_url, spec.study.name):
-        reaped = reap_and_close(study, spec.tracking.uri)
-        retried = [t.number for t in retries.retry_candidates(study) if retries.enqueue_retry(study, t)]
-
+    study, resumed, reaped, retried = _open_study(spec)
     counts = trial_states.count_states(study)
-    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    finished = trial_states.finished_count(counts)
     n = spec.study.n_trials
     # Never more worker processes than trials left (each imports torch and holds its own data and model).
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device, trials_left=n - finished)
@@ -99,16 +84,7 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
 
     if publish is not None and not summary.interrupted and not undelivered:  # a stopped run is not held up by it
         publish(spec, study, study_tracker, parent_run_id, progress.say)
-    tail = ""
-    if summary.best_trial is not None:
-        tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
-    elif summary.pareto_front:
-        tail = f"; Pareto front: trial(s) {', '.join(map(str, summary.pareto_front))} (`hpsearch best` shows it)"
-    progress.say(
-        f"study {spec.study.name!r}: {summary.finished}/{n} finished ({summary.complete} complete, "
-        f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
-        + ("; stopped by --timeout" if summary.timed_out else "")
-    )
+    progress.say(summary_line(spec, summary))
     if summary.checkpoints_lost:
         progress.say(checkpoints_lost_line(summary.checkpoints_lost))
     if undelivered:
@@ -116,6 +92,41 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
                          "(listed above); every trial is in the study, `hpsearch best` says which checkpoint "
                          "is kept where")
     return summary
+
+
+def _open_study(spec: Spec) -> tuple[optuna.Study, bool, list[FrozenTrial], list[int]]:
+    """The study, created or resumed, with what a dead run left behind dealt with: (study, resumed, the trials
+    reaped, the trial numbers queued again)."""
+    # The parent's sampler acts when the parent asks for a trial (grid assigns its grid point then);
+    # the values are sampled in the workers, each with its own sampler.
+    sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
+    # The study keeps the spec and the tracking URI for `status`/`best`/export: with passwords masked
+    # (the real URLs are passed on separately, and come back from the options or the environment).
+    study, resumed = stores.create_or_resume(masked_spec(spec), sampler, build_pruner(spec.study.pruner),
+                                             spec.study.storage)
+    study.set_user_attr(record_keys.STUDY_TRACKING_URI, mask_url(spec.tracking.uri))
+
+    # Trials a dead run left RUNNING on this host, and trials killed or interrupted last time:
+    # fail what is still open, then retry each with the same parameters (storage/retries.py). Under the budget
+    # lock, so that two runs starting together never enqueue the same retry twice.
+    with locks.budget_lock(spec.study.storage, spec.study.name):
+        reaped = reap_and_close(study, spec.tracking.uri)
+        retried = [t.number for t in retries.retry_candidates(study) if retries.enqueue_retry(study, t)]
+    return study, resumed, reaped, retried
+
+
+def summary_line(spec: Spec, summary: RunSummary) -> str:
+    """The run's last line: how many trials finished and how, how long it took, the best so far."""
+    tail = ""
+    if summary.best_trial is not None:
+        tail = f"; best {spec.study.metric}={summary.best_value:.4f} (trial {summary.best_trial})"
+    elif summary.pareto_front:
+        tail = f"; Pareto front: trial(s) {', '.join(map(str, summary.pareto_front))} (`hpsearch best` shows it)"
+    return (
+        f"study {spec.study.name!r}: {summary.finished}/{spec.study.n_trials} finished ({summary.complete} complete, "
+        f"{summary.pruned} pruned), {summary.failed} failed, {summary.seconds:.1f}s{tail}"
+        + ("; stopped by --timeout" if summary.timed_out else "")
+    )
 
 
 def _close_tracking(spec: Spec, study: optuna.Study, tracker: study_runs.StudyTracker, parent_run_id: str,

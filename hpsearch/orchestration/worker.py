@@ -8,7 +8,7 @@ import gc
 import os
 import queue
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -28,6 +28,9 @@ from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.storage import db_outages, stores
 from hpsearch.tracking import background_writer, mlflow_client
 
+if TYPE_CHECKING:
+    from hpsearch.orchestration.objective import TrialContext
+
 # ------------------------------------------------------------------------------------------ worker
 
 
@@ -38,50 +41,15 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
     `spec` was validated by the parent; `tasks` brings trial ids (None: stop), `events` takes
     (slot index, WorkerEvent) to the parent.
     """
-    from hpsearch.core.interrupts import GUARD, Interrupted
-    from hpsearch.orchestration.objective import TrialContext, run_trial
+    from hpsearch.core.interrupts import Interrupted
+    from hpsearch.orchestration.objective import run_trial
 
     parent = os.getppid()
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
-    # Workers are not daemons (a daemon may not start the DataLoader processes that decode image
-    # folders), so nothing ends them with the parent by itself: if the parent dies, even by SIGKILL,
-    # the kernel sends SIGTERM, which fails the trial in hand cleanly.
-    _term_when_parent_dies(parent)
-    from hpsearch.orchestration.quiet_libraries import quiet_libraries
-
-    quiet_libraries()
-    # "Waiting for the tracking server / the database" lines are shown by the parent, above its live view.
-    mlflow_client.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
-    db_outages.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
+    _set_up_process(slot, parent, events)
     try:
-        import torch
-
-        if slot.threads:
-            torch.set_num_threads(slot.threads)
-        if slot.memory_fraction and torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
         from hpsearch.engine.train import graphs_disabled_reason
-        from hpsearch.search.samplers import build_pruner, study_sampler
 
-        # Seeded per trial number (registry.study_sampler): the same draws whichever worker runs a trial.
-        sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
-        study = optuna.load_study(
-            study_name=spec.study.name,
-            storage=stores.open_storage(storage_url),
-            sampler=sampler,
-            pruner=build_pruner(spec.study.pruner),
-        )
-        context = TrialContext(
-            spec=spec,
-            study=study,
-            client=mlflow_client.client_for(tracking_uri),
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            device="cpu" if slot.gpu is None else "cuda",
-            on_event=lambda event: events.put((slot.index, event)),
-        )
+        context = _trial_context(slot, spec, storage_url, tracking_uri, experiment_id, parent_run_id, events)
         message = _warm_up(spec, context.device)
         if message:
             context.on_event(WorkerFatal(message))
@@ -115,6 +83,56 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
 
 
 PARENT_CHECK_SECONDS = 2.0
+
+def _set_up_process(slot: Slot, parent: int, events: Any) -> None:
+    """Signals, quiet libraries, where outage lines go, and the slot's share of the machine."""
+    from hpsearch.core.interrupts import GUARD
+
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: GUARD.request())
+    # Workers are not daemons (a daemon may not start the DataLoader processes that decode image
+    # folders), so nothing ends them with the parent by itself: if the parent dies, even by SIGKILL,
+    # the kernel sends SIGTERM, which fails the trial in hand cleanly.
+    _term_when_parent_dies(parent)
+    from hpsearch.orchestration.quiet_libraries import quiet_libraries
+
+    quiet_libraries()
+    # "Waiting for the tracking server / the database" lines are shown by the parent, above its live view.
+    mlflow_client.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
+    db_outages.report_outages_to(lambda text: events.put((slot.index, StoreNotice(text))))
+    import torch
+
+    if slot.threads:
+        torch.set_num_threads(slot.threads)
+    if slot.memory_fraction and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(slot.memory_fraction, 0)
+
+
+def _trial_context(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: str, experiment_id: str,
+                   parent_run_id: str, events: Any) -> TrialContext:
+    """The study (with this worker's own sampler and pruner) and the MLflow client every trial here uses."""
+    from hpsearch.orchestration.objective import TrialContext
+    from hpsearch.search.samplers import build_pruner, study_sampler
+
+    # Seeded per trial number (search/trial_sampler.py): the same draws whichever worker runs a trial.
+    sampler = study_sampler(spec.study.sampler, spec.search_space, spec.study.n_trials)
+    study = optuna.load_study(
+        study_name=spec.study.name,
+        storage=stores.open_storage(storage_url),
+        sampler=sampler,
+        pruner=build_pruner(spec.study.pruner),
+    )
+    return TrialContext(
+        spec=spec,
+        study=study,
+        client=mlflow_client.client_for(tracking_uri),
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        device="cpu" if slot.gpu is None else "cuda",
+        on_event=lambda event: events.put((slot.index, event)),
+    )
+
 
 
 def _next_task(tasks: Any, parent: int) -> int | None:

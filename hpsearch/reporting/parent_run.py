@@ -24,6 +24,7 @@ from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, redact
 from hpsearch.core.outages import first_line
 from hpsearch.reporting.html_report import REPORT_PAGE, Report, RunLinks, write_report
+from hpsearch.search import trial_states
 from hpsearch.search.trial_states import pareto_front
 from hpsearch.spec.redaction import masked_space_file
 from hpsearch.tracking import mlflow_client, study_runs
@@ -124,7 +125,7 @@ def best_so_far(study: optuna.Study) -> Iterator[tuple[int, float, int]]:
     """(trial number, best value among trials up to it, when it finished in ms) for each finished trial."""
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best = None
-    finished = (t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    finished = (t for t in study.get_trials(deepcopy=False) if t.state in trial_states.FINISHED)
     for t in sorted(finished, key=lambda t: t.number):
         value = t.value if t.state == TrialState.COMPLETE else None
         if value is not None and math.isfinite(value):

@@ -27,7 +27,9 @@ import optuna
 
 from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure, UsageError
-from hpsearch.tracking import checkpoints, mlflow_client, study_runs
+from hpsearch.core.record_keys import Ended
+from hpsearch.results.winner_weights import checkpoint_file, has_checkpoint, load_weights
+from hpsearch.tracking import mlflow_client, study_runs
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,24 +78,20 @@ def compress(study: optuna.Study, record: dict[str, Any], tracking_uri: str, opt
     """Compress the trial `record` describes (report.trial_record) and measure it before and after; log it
     as a child run of the trial's run and, with `out_dir`, write the compressed file and compression.json
     there. Returns what compression.json holds."""
-    import torch
-
-    from hpsearch.orchestration.builders import build_model_for, hparams_for, load_task_data
+    from hpsearch.orchestration.builders import hparams_for, load_task_data, rebuilt_model
     from hpsearch.results.export import spec_of_study
     from hpsearch.spec.study_spec import fixed_spec
 
     options.check()
-    if not record.get("checkpoint") and not record.get("checkpoint_local"):
+    if not has_checkpoint(record):
         raise UsageError(f"compress: {record['checkpoint_note']}")
     started = time.perf_counter()
     spec = fixed_spec(spec_of_study(study), record["params"])  # the trial's backbone, size and hyperparameters
     hp = hparams_for(spec, {})
     data = load_task_data(spec, "cpu")
     with tempfile.TemporaryDirectory(prefix="hpsearch-compress-") as tmp:
-        path = record["checkpoint_local"] or checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model_for(spec, hp, data.num_classes, weights="none")
-        model.load_state_dict(state)
+        with checkpoint_file(record, tracking_uri, "compress") as path:
+            model = rebuilt_model(spec, hp, load_weights(path))
         on_step(f"trial {record['trial_number']}: {spec.task.model.name} at {data.image_size} px, measuring it as "
                 "it trained")
         before = _measure(model, data, Path(tmp) / "before.pt")
@@ -206,5 +204,5 @@ def _log_child_run(study: optuna.Study, record: dict[str, Any], tracking_uri: st
     metrics = {**{f"before_{k}": v for k, v in result["before"].items()}, **result["after"]}
     run.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
     client.log_artifact(run.run_id, str(compressed_file), ARTIFACT_DIR)
-    run.finish("COMPLETE")
+    run.finish(Ended.COMPLETE)
     return run.run_id

@@ -15,11 +15,11 @@ import yaml
 
 from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
+from hpsearch.results.winner_weights import checkpoint_file, has_checkpoint
 from hpsearch.spec.redaction import masked_spec
 from hpsearch.spec.spec_types import Spec
 from hpsearch.spec.study_spec import fixed_spec, parse_spec
 from hpsearch.storage.stores import study_dir
-from hpsearch.tracking import checkpoints
 
 
 def default_export_dir(study_name: str) -> Path:
@@ -81,12 +81,9 @@ def _write_files(spec: Spec, record: dict[str, Any], where: Path, tracking_uri: 
         f"# Retrain with: hpsearch train best.yaml\n"
     )
     (where / "best.yaml").write_text(header + yaml.safe_dump(winner.to_dict(), sort_keys=False))
-    if record.get("checkpoint") and record.get("mlflow_run_id"):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
-            shutil.copyfile(local, where / "model.pt")
-    elif record.get("checkpoint_local"):  # never delivered to MLflow, kept on this disk instead
-        shutil.copyfile(record["checkpoint_local"], where / "model.pt")
+    if has_checkpoint(record):  # else the export says why in trial.json's checkpoint_note
+        with checkpoint_file(record, tracking_uri, "--export") as path:
+            shutil.copyfile(path, where / "model.pt")
     (where / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 

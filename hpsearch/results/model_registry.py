@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.core import record_keys
 from hpsearch.core.errors import RunFailure, UsageError
-from hpsearch.tracking import checkpoints, mlflow_client
+from hpsearch.results.winner_weights import checkpoint_file, load_weights, trial_model
+from hpsearch.tracking import mlflow_client
 
 if TYPE_CHECKING:
     import optuna
@@ -44,19 +45,13 @@ def check_model_name(name: str) -> None:
 def register_best(study: optuna.Study, record: dict[str, Any], tracking_uri: str, name: str) -> dict[str, Any]:
     """Log the best trial's checkpoint as an MLflow model in its trial's run and register it as a new
     version of `name`; returns {"name", "version", "model_uri"}."""
-    import torch
-
     from hpsearch.results.export import spec_of_study
     from hpsearch.spec.study_spec import with_task_choices
 
     check_model_name(name)
-    if not record.get("checkpoint") and not record.get("checkpoint_local"):
-        raise UsageError(f"--register: {record['checkpoint_note']}")
     spec = with_task_choices(spec_of_study(study), record["params"])  # the winner's backbone and input size
-    with tempfile.TemporaryDirectory() as tmp:
-        path = record["checkpoint_local"] or checkpoints.download_checkpoint(tracking_uri, record["mlflow_run_id"], tmp)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = winner_model(spec, record["params"], state)
+    with checkpoint_file(record, tracking_uri, "--register") as path, tempfile.TemporaryDirectory() as tmp:
+        model = winner_model(spec, record["params"], load_weights(path))
         facts = preprocessing(spec, record, _num_classes(model))
         (Path(tmp) / PREPROCESSING_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         version = _log_and_register(model, facts, Path(tmp) / PREPROCESSING_FILE, record, tracking_uri, name)
@@ -66,20 +61,11 @@ def register_best(study: optuna.Study, record: dict[str, Any], tracking_uri: str
 def winner_model(spec: Spec, params: dict[str, Any], state: dict[str, Any]) -> nn.Module:
     """The network as the study built it, with the checkpoint's weights, in eval mode, made of torch and
     torchvision modules only."""
-    import torch
     from torch import nn
 
     from hpsearch.engine.models import DropoutLinear
-    from hpsearch.orchestration.builders import build_model_for, hparams_for
 
-    hp = hparams_for(spec, params)
-    with torch.device("meta"):  # a shell, no memory, only to learn the head's name
-        shell = build_model_for(spec, hp, 1, weights="none")
-    head_weight = state.get(f"{getattr(shell, 'hpsearch_head', '')}.weight")
-    if head_weight is None:
-        raise RunFailure(f"the best checkpoint does not fit {spec.task.model.name}: it has no classifier head")
-    model = build_model_for(spec, hp, int(head_weight.shape[0]), weights="none")
-    model.load_state_dict(state)
+    model = trial_model(spec, params, state)
     # hpsearch's head with dropout on its input is exactly an nn.Linear in eval mode: swap it for one,
     # so that the saved model names no hpsearch class.
     for dotted, module in list(model.named_modules()):

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.core import record_keys
 from hpsearch.core.errors import UsageError
+from hpsearch.core.record_keys import Ended
 from hpsearch.core.seeding import trial_seed
-from hpsearch.orchestration.builders import build_model_for, build_trainer, hparams_for, load_task_data, run_params
+from hpsearch.orchestration.builders import build_trainer, hparams_for, load_task_data, run_params
+from hpsearch.results.winner_weights import checkpoint_file, has_checkpoint, load_weights, trial_model
 from hpsearch.spec.spec_types import Spec
 from hpsearch.spec.study_spec import with_task_choices
 from hpsearch.tracking import study_runs
@@ -96,14 +98,14 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
         test_loss, test_acc = evaluate(trainer.model, data.test, device=device, settings=trainer.settings)
         if len(data.test):  # none held out (test_fraction: 0): no test metrics rather than nan ones
             run.log_metrics({"test_accuracy": test_acc, "test_loss": test_loss})
-        run.finish("COMPLETE")
+        run.finish(Ended.COMPLETE)
         return TrainResult(
             run.run_id, trainer.best_epoch, trainer.best_value, test_loss, test_acc, best_path, final_path,
             time.perf_counter() - started,
         )
     except BaseException as exc:
         killed = isinstance(exc, KeyboardInterrupt)
-        run.finish("FAIL", f"{type(exc).__name__}: {exc}", status="KILLED" if killed else None)
+        run.finish(Ended.FAIL, f"{type(exc).__name__}: {exc}", status="KILLED" if killed else None)
         raise
     finally:
         if trainer is not None:
@@ -112,33 +114,20 @@ def train_config(spec: Spec, device: str, out_dir: Path, on_epoch: Callable[[dic
 
 def evaluate_checkpoint(spec: Spec, params: dict[str, Any], checkpoint: Path, device: str) -> tuple[float, float]:
     """(test_loss, test_accuracy) of a saved state_dict for the model the winning params describe."""
-    import torch
-
     from hpsearch.engine.train import TrainSettings, evaluate
 
-    spec = with_task_choices(spec, params)
-    hp = hparams_for(spec, params)
-    task_data = load_task_data(spec, device)
-    model = build_model_for(spec, hp, task_data.num_classes, weights="none")
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    model.to(device)
+    model = trial_model(spec, params, load_weights(checkpoint)).to(device)
+    task_data = load_task_data(with_task_choices(spec, params), device)
     return evaluate(model, task_data.test, device=device, settings=TrainSettings(**spec.settings))
 
 
 def evaluate_best(study: optuna.Study, record: dict[str, Any], device: str, uri: str) -> dict[str, Any]:
-    import tempfile
-
     from hpsearch.results.export import spec_of_study
-    from hpsearch.results.retrain import evaluate_checkpoint, pick_device
-    from hpsearch.tracking import checkpoints
 
-    if not record.get("checkpoint") and not record.get("checkpoint_local"):
-        raise UsageError(f"--evaluate: {record['checkpoint_note']}")
     spec = spec_of_study(study)
-    if spec.task.data.held_out_test == 0:
+    if spec.task.data.held_out_test == 0 and has_checkpoint(record):
         raise UsageError(f"--evaluate: study {study.study_name!r} held out no test split "
                          "(task.data.test_fraction: 0); rerun with a test_fraction above 0 to measure one")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = record["checkpoint_local"] or checkpoints.download_checkpoint(uri, record["mlflow_run_id"], tmp)
-        loss, acc = evaluate_checkpoint(spec, record["params"], Path(path), pick_device(device))
+    with checkpoint_file(record, uri, "--evaluate") as path:
+        loss, acc = evaluate_checkpoint(spec, record["params"], path, pick_device(device))
     return {"test_accuracy": acc, "test_loss": loss}

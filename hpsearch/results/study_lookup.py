@@ -34,10 +34,9 @@ def resolve_study(space: str | None, study_name: str | None, storage: str | None
     """(study, storage_url, tracking_uri) from SPACE, --study, or the study last run from this folder."""
     uri: str | None
     from hpsearch.core.checks import study_name as check_study_name
-    from hpsearch.core.locations import LAST_RUN_FILE
+    from hpsearch.core.locations import DEFAULT_TRACKING_URI, LAST_RUN_FILE
     from hpsearch.core.record_keys import STUDY_TRACKING_URI
     from hpsearch.storage import last_run, stores
-    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI
 
     if space and study_name:
         raise UsageError("--study: give either SPACE or --study, not both")

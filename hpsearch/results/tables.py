@@ -13,6 +13,7 @@ from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, redact
 from hpsearch.core.errors import UsageError
 from hpsearch.core.outages import first_line
+from hpsearch.core.record_keys import Ended
 from hpsearch.search import trial_states
 from hpsearch.storage import stores
 from hpsearch.tracking import background_writer, checkpoints, mlflow_client
@@ -78,7 +79,7 @@ def trials_frame(study: optuna.Study, sort: str = "number", top: int | None = No
 def _frame_row(row: pd.Series, value: float, names: list[str], last_step: int | None, reports: int
                ) -> dict[str, Any]:
     # A pruned or running trial: its last reported value; a failed one has none (its last epoch is no result).
-    if pd.isna(value) and last_step is not None and row[("state", "")] != "FAIL":
+    if pd.isna(value) and last_step is not None and row[("state", "")] != Ended.FAIL:
         value = row.get(("intermediate_values", last_step), math.nan)
     start, end = row[("datetime_start", "")], row[("datetime_complete", "")]
     run_id = row.get(("user_attrs", record_keys.ATTR_RUN_ID), math.nan)

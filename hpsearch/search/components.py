@@ -12,7 +12,6 @@ the spec's types and tables here load without it.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,8 +66,6 @@ PRUNERS: dict[str, str] = {
 # patient's wrapped_pruner is a nested pruner spec that spec.study_spec parses.
 _DERIVED = {("sampler", "grid", "search_space"): "taken from search_space; remove it here"}
 _NESTED = {("pruner", "patient", "wrapped_pruner")}
-# Samplers whose backing package Optuna imports only when the first trial samples.
-_NEEDS_PACKAGE = {"cmaes": "cmaes"}
 # Annotations naming Python objects (callables, sampler instances, trials) that YAML cannot express.
 _NOT_FROM_YAML = ("Callable", "BaseSampler", "FrozenTrial")
 _SIMPLE_TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
@@ -144,9 +141,6 @@ def check_kwargs(component: str, name: str, kwargs: dict[str, Any], path: str) -
             raise SpecError(f"{path}.{key}", f"required by the {name} {component}")
     if component == "pruner" and name == "threshold" and kwargs.get("lower") is None and kwargs.get("upper") is None:
         raise SpecError(path, "the threshold pruner needs lower, upper or both")
-    if component == "sampler" and name in _NEEDS_PACKAGE and importlib.util.find_spec(_NEEDS_PACKAGE[name]) is None:
-        package = _NEEDS_PACKAGE[name]
-        raise SpecError(f"{path}.name", f"the {name} sampler needs the {package!r} package: pip install {package}")
 
 
 def _check_numbers(value: Any, path: str) -> None:

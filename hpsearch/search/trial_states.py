@@ -6,7 +6,12 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what the study's budget (n_trials) counts
+
+
+def finished_count(counts: dict[TrialState, int]) -> int:
+    """How many trials of `count_states(study)` count towards the budget."""
+    return sum(counts[s] for s in FINISHED)
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

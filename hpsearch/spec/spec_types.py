@@ -12,6 +12,7 @@ from hpsearch.core.data_config import DataConfig
 from hpsearch.core.hparams import (
     COST_METRICS,
 )
+from hpsearch.core.locations import DEFAULT_TRACKING_URI
 from hpsearch.search.components import PrunerSpec, SamplerSpec
 from hpsearch.search.space import ParamSpec
 from hpsearch.spec.teacher_spec import TeacherSpec
@@ -80,7 +81,7 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class TrackingSpec:
-    uri: str = "sqlite:///mlruns/mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = ""  # parse_spec fills in the study name
     checkpoints: str = "complete"
 

@@ -33,10 +33,10 @@ from hpsearch.core.data_config import DataConfig, DataConfigError, is_weights_pa
 from hpsearch.core.hparams import (
     CHECKPOINT_POLICIES,
     COMPRESSION_HPARAMS,
-    CUDA_GRAPH_MODES,
     DIRECTIONS,
     METRICS,
     OBJECTIVE_METRICS,
+    SETTING_MODES,
     TASK_CHOICES,
     TRAIN_SETTINGS,
     natural_direction,
@@ -479,7 +479,7 @@ def _parse_train(raw: Any) -> tuple[dict, dict]:
         at = f"train.{key}"
         if key in TRAIN_SETTINGS:
             # YAML 1.1 reads a bare `off` as false; take it as meant. Every setting is auto|off.
-            settings[key] = checks.one_of("off" if value is False else value, CUDA_GRAPH_MODES, at)
+            settings[key] = checks.one_of("off" if value is False else value, SETTING_MODES, at)
         else:
             checks.hparam_name(key, at, also=tuple(TRAIN_SETTINGS))
             train[key] = checks.hparam_value(key, value, at)

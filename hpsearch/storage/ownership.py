@@ -30,16 +30,8 @@ from hpsearch.search import trial_access
 
 def process_start_time(pid: int) -> float | None:
     """When process `pid` started (None if there is no such process): a pid plus this names one process."""
-    try:
-        import psutil
-    except ImportError:  # psutil is a dependency; without it, existence is all we can tell
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:

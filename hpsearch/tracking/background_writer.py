@@ -14,7 +14,7 @@ from pathlib import Path
 from hpsearch.core import locations
 from hpsearch.core.outages import GaveUp, first_line, seconds_from_env, short_reason
 from hpsearch.tracking.checkpoints import CHECKPOINT_FILE
-from hpsearch.tracking.mlflow_client import _NOTICE, through_outage, unreachable
+from hpsearch.tracking.mlflow_client import OUTAGE_NOTICE, through_outage, unreachable
 
 # Where a checkpoint that could not be delivered is kept: <folder>/<run id>/model.pt, under the run's folder.
 UNDELIVERED_DIR = locations.UNDELIVERED_DIR
@@ -108,7 +108,7 @@ class _BackgroundWriter:
         if write.on_lost is not None:
             write.on_lost(error)
         else:
-            _NOTICE.sink(f"WARNING: not delivered to MLflow: {item.describe()}")
+            OUTAGE_NOTICE.sink(f"WARNING: not delivered to MLflow: {item.describe()}")
 
     def wait_idle(self) -> None:
         """Wait until the queued writes are delivered or lost (keeping the lost ones for drain)."""

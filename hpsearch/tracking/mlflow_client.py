@@ -7,27 +7,32 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from hpsearch.core.outages import OutageNotice, short_reason
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+# MLflow reads these when it calls, not when it is imported: set (unless the user did) before the first call.
+_MLFLOW_DEFAULTS = {
+    # No progress bars from artifact downloads: `best --format json` output must stay parseable.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Outages are ridden out by our own retries, which say that they wait; MLflow's defaults (7 silent
+    # retries, ~4 minutes per call) would hide them and stall a stop request.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # No "🏃 View run … at: URL" lines per closed run over http (and no extra get_run each time).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
-# No progress bars from artifact downloads: `best --format json` output must stay parseable.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# Outages are ridden out by our own retries, which say that they wait; MLflow's defaults (7 silent
-# retries, ~4 minutes per call) would hide them and stall a stop request.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-# No "🏃 View run … at: URL" lines per closed run over http (and no extra get_run each time).
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+def apply_mlflow_defaults() -> None:
+    """hpsearch's MLflow settings, in this process's environment; a value the user set is kept."""
+    for name, value in _MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
 T = TypeVar("T")
 
 
@@ -62,7 +67,7 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
-_NOTICE = OutageNotice(
+OUTAGE_NOTICE = OutageNotice(
     lambda what, exc, seconds_left: (
         f"MLflow tracking unreachable ({short_reason(exc)}): waiting to deliver {what}; "
         f"giving up in {seconds_left:.0f}s"),
@@ -72,13 +77,13 @@ _NOTICE = OutageNotice(
 
 def report_outages_to(sink: Callable[[str], None]) -> None:
     """Where this process's "waiting for the tracking store" lines go (a worker sends them to the parent)."""
-    _NOTICE.sink = sink
+    OUTAGE_NOTICE.sink = sink
 
 
 def through_outage(fn: Callable[[], T], what: str, wait_for: float | None = None,
                    should_stop: Callable[[], bool] = lambda: False) -> T:
     """`fn()`, retried while the tracking store is unreachable (see hpsearch.core.outages)."""
-    return _NOTICE.call(fn, what=what, transient=unreachable, wait_for=wait_for, should_stop=should_stop)
+    return OUTAGE_NOTICE.call(fn, what=what, transient=unreachable, wait_for=wait_for, should_stop=should_stop)
 
 _SQLITE_TUNED = False
 
@@ -123,6 +128,7 @@ def resolve_uri(uri: str) -> str:
     MLflow caches one store per URI string for the life of the process: a relative path would keep
     pointing at the folder where it was first opened.
     """
+    apply_mlflow_defaults()  # every way to MLflow passes here first
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
         return prefix + str(Path(uri[len(prefix):]).resolve())

@@ -27,7 +27,8 @@ def check_tracking(uri: str | None, needed: bool = True) -> None:
     `needed=False` (a command that can answer without it): a store that only does not answer is a
     warning on stderr, while one that refuses for good still fails.
     """
-    from hpsearch.tracking.mlflow_client import DEFAULT_TRACKING_URI, prepare_local_store, resolve_uri, unreachable
+    from hpsearch.core.locations import DEFAULT_TRACKING_URI
+    from hpsearch.tracking.mlflow_client import prepare_local_store, resolve_uri, unreachable
 
     uri = resolve_uri(uri or DEFAULT_TRACKING_URI)
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""

@@ -30,7 +30,7 @@ from hpsearch.core.record_keys import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
-from hpsearch.core.record_keys import TAG_FAIL_REASON
+from hpsearch.core.record_keys import TAG_FAIL_REASON, Ended
 from hpsearch.tracking.background_writer import _WRITER, _Write, submit, undelivered_checkpoint
 from hpsearch.tracking.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FILE, _save_atomically
 from hpsearch.tracking.mlflow_client import client_for, through_outage, unreachable
@@ -217,7 +217,7 @@ def close_killed_run(uri: str, run_id: str, reason: str) -> None:
                 raise  # retried until the store is back
             return  # no such run: nothing to close
         if run.info.status in ("RUNNING", "SCHEDULED"):
-            close_run(client, run_id, "KILLED", state="FAIL", reason=reason)
+            close_run(client, run_id, "KILLED", state=Ended.FAIL, reason=reason)
 
     submit(f"the close of run {run_id} (its worker died)", close)
 
@@ -235,7 +235,7 @@ def close_stale_runs(uri: str, experiment_id: str, states: Mapping[int, str]) ->
         number = run.data.tags.get(TAG_TRIAL)
         state = states.get(int(number)) if number and number.lstrip("-").isdigit() else None
         if state in RUN_STATUS:
-            close_run(client, run.info.run_id, "KILLED" if state == "FAIL" else RUN_STATUS[state], state=state)
+            close_run(client, run.info.run_id, "KILLED" if state == Ended.FAIL else RUN_STATUS[state], state=state)
             closed += 1
     return closed
 

@@ -1,7 +1,6 @@
 """`bn_momentum`: every BatchNorm of the model takes it (None keeps torchvision's own), and it is what lets a
 MobileNetV3 trained from scratch for a few steps be evaluated on running statistics that moved."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -16,14 +15,6 @@ def test_none_keeps_the_models_own_and_a_value_reaches_every_batchnorm():
     assert momenta(build_model("mobilenet_v3_small", 10)) == {0.01}  # torchvision's, for long ImageNet runs
     assert momenta(build_model("resnet18", 10)) == {0.1}
     assert momenta(build_model("mobilenet_v3_small", 10, bn_momentum=0.1)) == {0.1}
-    pytest.importorskip("optuna")  # the spec's side; trainer tests also run on a GPU box with torch alone
-    from hpsearch.orchestration.builders import build_model_for, hparams_for
-    from hpsearch.spec.study_spec import parse_spec
-
-    spec = parse_spec({"study": {"name": "t"}, "task": {"model": {"name": "efficientnet_b0", "weights": "none"},
-                                                         "data": {"name": "fake"}},
-                       "train": {"bn_momentum": 0.2}})
-    assert momenta(build_model_for(spec, hparams_for(spec, {}), 10)) == {0.2}
 
 
 def test_running_statistics_follow_the_batches_at_the_momentum_given():

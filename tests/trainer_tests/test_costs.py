@@ -164,21 +164,6 @@ def test_a_trials_latency_is_measured_where_and_as_it_trained(device, settings, 
     assert (got_where, fmt.describe()) == (where, precision)
 
 
-def test_a_trials_run_records_how_its_latency_is_measured():
-    pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
-    pytest.importorskip("yaml")
-    from hpsearch.core.hparams import HParams
-    from hpsearch.spec.study_spec import parse_spec
-
-    spec = parse_spec({"study": {"name": "t", "objectives": ["val_accuracy", "latency_ms"]},
-                       "task": {"model": "resnet18", "data": "digits"}})
-    params = builders.run_params(spec, HParams(), "cuda:0")
-    assert params["latency_device"].startswith("cuda:0")  # and the GPU's name, where there is one
-    assert params["latency_precision"] == "bf16 autocast, channels_last"
-    assert builders.run_params(spec, HParams(), "cpu")["latency_device"] == "cpu, 1 thread"
-    assert "latency_device" not in builders.run_params(spec, HParams())
-
-
 @CUDA
 def test_latency_on_cuda_moves_the_model_there():
     model = build_model("resnet18", 10)

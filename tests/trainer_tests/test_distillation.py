@@ -14,12 +14,10 @@ import torch
 from torch import nn
 
 from hpsearch.core.hparams import HParams
-from hpsearch.engine import teacher as teacher_module
 from hpsearch.engine.data import DataConfig, load_data
-from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from hpsearch.engine.models import IMAGENET_MEAN, IMAGENET_STD
 from hpsearch.engine.teacher import Teacher, distillation_loss, prepare_teacher, renormalisation
 from hpsearch.engine.train import Trainer, graphs_disabled_reason, seed_everything
-from hpsearch.orchestration import builders
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SIZE, CLASSES = 8, 4
@@ -143,39 +141,6 @@ def test_a_teacher_trained_with_another_normalisation_gets_the_batch_its_way():
     teacher(normalised(student_norm))
     torch.testing.assert_close(seen[0], normalised(teacher_norm))
     assert renormalisation(student_norm, student_norm) is None  # the same normalisation: the batch as it is
-
-
-def test_a_worker_loads_its_teacher_once_for_two_trials(tmp_path, monkeypatch):
-    pytest.importorskip("optuna")  # the spec's side; the trainer tests also run on GPU boxes with torch alone
-    pytest.importorskip("yaml")
-    from hpsearch.spec.study_spec import parse_spec
-
-    torch.save(build_model("mobilenet_v3_small", CLASSES).state_dict(), tmp_path / "teacher.pt")
-    data = {"name": "fake", "samples": 40, "num_classes": CLASSES, "image_size": 16, "val_fraction": 0.25}
-    spec = parse_spec({
-        "study": {"name": "t"},
-        "task": {"model": {"name": "mobilenet_v3_small", "weights": "none"}, "data": data,
-                 "teacher": {"model": "mobilenet_v3_small", "weights": str(tmp_path / "teacher.pt")}},
-    })
-    built = []
-    build = teacher_module.build_teacher
-    monkeypatch.setattr(teacher_module, "build_teacher", lambda *args: built.append(args) or build(*args))
-    try:
-        first, _ = builders.build_trainer(spec, HParams(epochs=1, distill_alpha=0.2), "cpu", seed=1)
-        teacher = first.teacher
-        first.release()
-        second, _ = builders.build_trainer(spec, HParams(epochs=1, distill_alpha=0.8), "cpu", seed=2)
-    finally:
-        builders.clear_teacher_cache()
-    assert len(built) == 1
-    assert teacher is not None
-    assert second.teacher is teacher
-    assert not teacher.renormalise  # ImageNet's mean/std for both (weights none, a state_dict file)
-    assert second.hp.distill_alpha == 0.8
-    # The trial's run records distillation's hyperparameters; a study without a teacher does not.
-    assert {"distill_alpha", "distill_temperature"} <= set(builders.run_params(spec, second.hp))
-    plain = parse_spec({"study": {"name": "t"}, "task": {"model": "mobilenet_v3_small", "data": data}})
-    assert not {"distill_alpha", "distill_temperature"} & set(builders.run_params(plain, HParams()))
 
 
 def test_a_bf16_teacher_keeps_batchnorm_and_its_renormalisation_in_float32():

@@ -357,29 +357,3 @@ def test_unfreezing_captures_the_step_again_on_cuda(optimizer):
 
 # --------------------------------------------------------------------------- what a trial records
 
-
-def test_a_trial_run_records_its_group_learning_rates(request):
-    for name in ("optuna", "mlflow", "yaml"):  # a whole trial; GPU boxes may have torch alone
-        pytest.importorskip(name)
-    write_space = request.getfixturevalue("write_space")
-    from hpsearch.orchestration.objective import TrialContext, run_trial
-    from hpsearch.search.samplers import build_pruner, build_sampler
-    from hpsearch.spec.study_spec import load_spec
-    from hpsearch.storage.stores import create_or_resume
-    from hpsearch.tracking import background_writer, study_runs
-
-    data = {"name": "fake", "samples": 40, "num_classes": 4, "image_size": 16}
-    spec = load_spec(write_space({"task": {"data": data}, "train": {"epochs": 1, "backbone_lr_scale": 0.5}}))
-    study, _ = create_or_resume(spec, build_sampler(spec.study.sampler, spec.search_space),
-                                build_pruner(spec.study.pruner), None)
-    tracker = study_runs.StudyTracker(spec.tracking.uri, spec.tracking.experiment)
-    context = TrialContext(spec, study, tracker.client, tracker.experiment_id, tracker.parent_run(spec.study.name, {}))
-    outcome = run_trial(context, study.ask()._trial_id)
-    background_writer.drain()
-    assert outcome.state == "COMPLETE"
-    trial = study.trials[0]
-    run = tracker.client.get_run(trial.user_attrs["mlflow_run_id"])
-    lr = trial.params["lr"]
-    assert run.data.metrics["lr.head"] == pytest.approx(lr)
-    assert run.data.metrics["lr.backbone"] == pytest.approx(lr / 2)
-    assert [m.step for m in tracker.client.get_metric_history(run.info.run_id, "lr.backbone")] == [1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -137,7 +139,6 @@ def test_streamed_image_folder_gives_the_same_batches(imagefolder_root):
 
 
 def test_digits_real_offline_data():
-    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     task = load_data(DataConfig("digits"), "cpu", *IMAGENET)
     assert task.num_classes == 10
     assert task.image_size == 32
@@ -153,8 +154,20 @@ def test_digits_real_offline_data():
     assert raw.max() == 255
 
 
+def test_digits_are_scikit_learns_load_digits_read_without_importing_it(monkeypatch):
+    # scikit-learn made unimportable: reading the digits needs only its data file (a second of a worker's start-up).
+    with monkeypatch.context() as blocked:
+        for name in ("sklearn", "sklearn.datasets"):
+            blocked.setitem(sys.modules, name, None)
+        images, labels = datasets.digits_arrays()
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    assert np.array_equal(images, reference.images)
+    assert np.array_equal(labels, reference.target)
+
+
 def test_digits_test_split_does_not_move_with_split_seed():
-    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     a = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=0)
     b = load_data(DataConfig("digits", image_size=8), "cpu", *IMAGENET, split_seed=1)
     assert all(torch.equal(u, v) for u, v in zip(every_example(a.test, 512), every_example(b.test, 512), strict=False))

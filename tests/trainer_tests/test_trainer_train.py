@@ -266,8 +266,8 @@ def test_epoch_stats_are_what_mlflow_and_the_pruner_are_sent(fake8):
         assert all(type(v) is float and math.isfinite(v) for v in s.as_dict().values()), s.as_dict()
 
 
+@pytest.mark.slow
 def test_fit_on_digits_learns():
-    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     seed_everything(0)
     task = load_data(DataConfig("digits", augment="none"), "cpu", *NORM)
     model = build_model("shufflenet_v2_x0_5", task.num_classes)
@@ -706,7 +706,6 @@ def test_the_ragged_last_batch_steps_eagerly_beside_the_graph():
 
 @CUDA
 def test_graphs_match_eager_in_fp32():
-    pytest.importorskip("sklearn")  # the digits dataset is scikit-learn's; GPU boxes may have torch alone
     task = load_data(DataConfig("digits", augment="none"), "cuda", *NORM)
     histories = []
     for graphs in ("auto", "off"):
