@@ -289,8 +289,9 @@ def judge_tests(part: Part, out: Outcome, report: dict | None, cuda: bool) -> No
 
 def part_tests(part: Part, args, tmp: Path) -> None:
     report = tmp / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "-rfEs",
-           f"--junitxml={report}", *args.tests]
+    # -o addopts= : the GPU machine has no pytest-xdist, which the project's addopts (-n 2) would need.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-m", "not slow", "-p", "no:cacheprovider",
+           "-rfEs", f"--junitxml={report}", *args.tests]
     out = run_step(part, cmd, part.budget)
     # pytest writes its report after a SIGINT too, so a timed-out run still says what ran.
     judge_tests(part, out, read_junit(report), cuda=args.kind == "cuda")

@@ -29,6 +29,15 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 collect_ignore = ["trainer_tests"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How pytest-xdist shares the tests between its processes (`-n 2 --dist loadgroup`, pyproject.toml): a test
+    file stays on one process (its module fixtures are built once), and so do all the tests that read the one
+    trained study (`finished_study`), so that it is trained once."""
+    for item in items:
+        group = "finished-study" if "finished_study" in getattr(item, "fixturenames", ()) else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory) -> Path:
     """An empty MLflow SQLite store with its tables made, once: a fresh store's migration costs every

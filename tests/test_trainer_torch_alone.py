@@ -17,7 +17,9 @@ MACHINE_SKIPS = ("needs CUDA", "needs two GPUs")
 
 
 def test_the_trainer_tests_pass_with_torch_alone(request):
-    args = ["-q", "-p", "no:cacheprovider", "-rs", "tests/trainer_tests"]
+    # In this one process (-o addopts= drops the project's -n 2): the preamble must hold for every test, and a GPU
+    # machine has no pytest-xdist.
+    args = ["-q", "-o", "addopts=", "--strict-markers", "-p", "no:cacheprovider", "-rs", "tests/trainer_tests"]
     if request.config.option.markexpr:  # the fast tier's -m "not slow" reaches them too
         args += ["-m", request.config.option.markexpr]
     pytest_main = TORCH_ALONE + "import pytest\nsys.exit(pytest.main(sys.argv[1:]))\n"
