@@ -108,6 +108,12 @@ class HParams:
 
 
 HYPERPARAMETERS = tuple(f.name for f in fields(HParams))
+# What population-based training may change mid-training: each is read afresh at every step (an optimizer
+# group's lr, weight_decay and momentum, the dropout layers' p, the loss's smoothing and distillation mix), so
+# a member that copies another goes on with new values and no rebuilt model. The rest (batch size, epochs,
+# optimizer, scheduler, freezing, the model and its input size) shape what was built and stay fixed.
+MUTABLE_HPARAMS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing", "backbone_lr_scale",
+                   "distill_alpha", "distill_temperature")
 # Hyperparameters that mean something only with a teacher (the spec refuses them without one).
 DISTILL_HPARAMS = ("distill_alpha", "distill_temperature")
 # Hyperparameters applied after training, measured only by a multi-objective study's objectives.

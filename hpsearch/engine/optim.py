@@ -82,6 +82,21 @@ class LRSchedule:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the schedule stands (what a paused trial keeps): its torch schedulers' states and epochs seen."""
+        return {
+            "per_step": None if self.per_step is None else self.per_step.state_dict(),
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "epochs_seen": self.epochs_seen,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.per_step is not None:
+            self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+        self.epochs_seen = state["epochs_seen"]
+
 
 def build_scheduler(optimizer: torch.optim.Optimizer, hp: HParams, steps_per_epoch: int,
                     direction: str = "maximize") -> LRSchedule:

@@ -431,14 +431,18 @@ class Trainer:
             return True
         return value > self.best_value if self.direction == "maximize" else value < self.best_value
 
-    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None, *,
+            until_epoch: int | None = None) -> list[EpochStats]:
         """Train hp.epochs epochs (fewer when patience stops it); evaluate on data.val after each.
 
         After each epoch: record it, update best_*, step plateau, then call on_epoch(stats). on_epoch
         may raise (e.g. optuna.TrialPruned) and the exception propagates with best_* up to date.
+        It goes on from the epochs already in history (a trainer resumed by engine/pause.py), and
+        `until_epoch` pauses it after that epoch: fit again to go on.
         """
         hp = self.hp
-        for epoch in range(len(self.history) + 1, hp.epochs + 1):
+        last = hp.epochs if until_epoch is None else min(hp.epochs, until_epoch)
+        for epoch in range(len(self.history) + 1, last + 1):
             start = time.perf_counter()
             train_loss, lr, train_seconds = self._train_epoch(epoch)
             val_loss, val_accuracy = evaluate(self.model, self.data.val, device=self.device,

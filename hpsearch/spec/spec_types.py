@@ -15,6 +15,7 @@ from hpsearch.core.hparams import (
 from hpsearch.core.locations import DEFAULT_TRACKING_URI
 from hpsearch.search.components import PrunerSpec, SamplerSpec
 from hpsearch.search.space import ParamSpec
+from hpsearch.spec.pbt_spec import PbtSpec
 from hpsearch.spec.teacher_spec import TeacherSpec
 
 # ---------------------------------------------------------------------------- the typed spec
@@ -40,6 +41,7 @@ class StudySpec:
     pruner: PrunerSpec
     storage: str | None
     objectives: tuple[Objective, ...] = ()  # two or three in a multi-objective study; () for one
+    scheduler: PbtSpec | None = None  # population-based training (spec/pbt_spec.py); None: trials train alone
 
     @property
     def seed(self) -> int:
@@ -110,6 +112,7 @@ class Spec:
                 "sampler": {"name": s.sampler.name, **s.sampler.kwargs},
                 "pruner": _pruner_to_dict(s.pruner),
                 "storage": s.storage,
+                **({"scheduler": s.scheduler.to_dict()} if s.scheduler else {}),
             },
             "task": {
                 "model": dataclasses.asdict(self.task.model),

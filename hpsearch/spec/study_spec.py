@@ -47,6 +47,7 @@ from hpsearch.search.components import PrunerSpec, SamplerSpec
 from hpsearch.search.space import ParamSpec, check_plateau_gamma, parse_search_space
 from hpsearch.spec import model_catalog, strict_yaml
 from hpsearch.spec.finetune_checks import check_finetuning
+from hpsearch.spec.pbt_spec import check_pbt, check_population, parse_scheduler
 from hpsearch.spec.spec_types import ModelSpec, Objective, ResourcesSpec, Spec, StudySpec, TaskSpec, TrackingSpec
 from hpsearch.spec.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
@@ -98,6 +99,9 @@ def parse_spec(data: Any, source: str | None = None) -> Spec:
         check_finetuning(train, search_space, model)
     check_distillation(train, search_space, task.teacher)
     _check_compression(study, train, search_space)
+    if study.scheduler is not None:
+        study = dataclasses.replace(study, scheduler=check_pbt(study.scheduler, train, search_space,
+                                                               "study.scheduler"))
     if task.teacher is not None:
         for size in _choices_of("image_size", search_space, task.data.image_size):
             check_teacher(task.teacher, dataclasses.replace(task.data, image_size=size))
@@ -188,7 +192,8 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
     path = "study"
     raw = checks.section(raw, path)
     checks.check_keys(raw, ("name", "metric", "direction", "objectives", "n_trials", "timeout", "sampler", "pruner",
-                            "storage"), path)
+                            "storage", "scheduler"), path)
+    scheduler = parse_scheduler(raw.get("scheduler"), "study.scheduler")
     if "name" in raw:
         name = checks.study_name(raw["name"], "study.name")
     elif source is None:
@@ -210,6 +215,9 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         metric = checks.one_of(raw.get("metric", "val_accuracy"), METRICS, "study.metric")
         direction = _direction(metric, raw.get("direction"), "study.direction")
         default_pruner = PrunerSpec("median", {"n_warmup_steps": 2})
+    if scheduler is not None:
+        check_population(raw, scheduler)
+        default_pruner = PrunerSpec("none", {})
     pruner = _parse_pruner(raw.get("pruner"), "study.pruner", default_pruner)
     sampler = _parse_sampler(raw.get("sampler"), "study.sampler")
     if objectives and sampler.name in search_components.SINGLE_OBJECTIVE_SAMPLERS:
@@ -224,12 +232,13 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         name=name,
         metric=metric,
         direction=direction,
-        n_trials=checks.positive_int(raw.get("n_trials", 20), "study.n_trials"),
+        n_trials=checks.positive_int(raw.get("n_trials", scheduler.population if scheduler else 20), "study.n_trials"),
         timeout=None if timeout is None else checks.duration(timeout, "study.timeout"),
         sampler=sampler,
         pruner=pruner,
         storage=None if raw.get("storage") is None else checks.text(raw["storage"], "study.storage"),
         objectives=objectives,
+        scheduler=scheduler,
     )
 
 

@@ -1,0 +1,118 @@
+"""Pausing a trial between epochs and resuming it later, in another Trainer, process or machine.
+
+A paused trial is a plain dict of tensors and numbers (`pause(trainer)`): the model's weights, the
+optimizer's state, where the learning-rate schedule stands, the random generators' states (the data
+order's and the global ones that dropout draws from), the epochs it has trained with their metrics, and
+its best epoch so far. `resume(trainer, state)` puts it into a freshly built Trainer for the same model and
+hyperparameters; its next `fit` trains the epoch after the last one paused, so no epoch is trained twice,
+and on one device the resumed epochs are bit-identical to an uninterrupted run's.
+
+The dict saves with `torch.save` and loads back with `torch.load(..., weights_only=True)` (`save` /
+`load`): no pickled code, so a checkpoint file is safe to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpsearch.engine.train import EpochStats, Trainer
+
+FORMAT = 1  # bumped when the dict's layout changes: a checkpoint of another layout is refused, not misread
+
+
+class PausedStateError(ValueError):
+    """A paused state that does not fit the trainer it is resumed in."""
+
+
+def _cpu(tree: Any) -> Any:
+    """`tree` with every tensor copied to host memory (a paused trial gives its device memory back)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+def pause(trainer: Trainer) -> dict[str, Any]:
+    """Everything needed to go on training `trainer` from the end of its last epoch, in host memory."""
+    cuda = trainer.device.type == "cuda"
+    return {
+        "format": FORMAT,
+        "epoch": len(trainer.history),
+        "history": [dataclasses.asdict(stats) for stats in trainer.history],
+        "best_epoch": trainer.best_epoch,
+        "best_value": trainer.best_value,
+        "best_state_dict": trainer.best_state_dict_cpu(),
+        "stopped_early": trainer.stopped_early,
+        "unfreeze_epoch": trainer.unfreeze_epoch,
+        "model": _cpu(trainer.model.state_dict()),
+        "optimizer": _cpu(trainer.optimizer.state_dict()),
+        "schedule": _cpu(trainer.schedule.state_dict()),
+        "rng": {
+            "data_order": trainer.generator.get_state().cpu(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(trainer.device) if cuda else None,
+        },
+    }
+
+
+def resume(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Put a paused trial into `trainer`, built as the paused one was (model, data, hyperparameters)."""
+    if state.get("format") != FORMAT:
+        raise PausedStateError(f"a paused trial of format {state.get('format')!r}; this hpsearch reads {FORMAT}")
+    if state["epoch"] > trainer.hp.epochs:
+        raise PausedStateError(f"the paused trial trained {state['epoch']} epochs; this one has {trainer.hp.epochs}")
+    if trainer.unfreeze_epoch is not None and state["unfreeze_epoch"] is None:
+        trainer._unfreeze()  # it had unfrozen its backbone before it paused
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise PausedStateError(f"the paused weights do not fit this model: {str(exc).splitlines()[0]}") from exc
+    _load_optimizer(trainer.optimizer, state["optimizer"])
+    trainer.schedule.load_state_dict(state["schedule"])
+    trainer.history = [EpochStats(**stats) for stats in state["history"]]
+    trainer.best_epoch, trainer.best_value = state["best_epoch"], state["best_value"]
+    best = state["best_state_dict"]
+    trainer.best_state_dict = None if best is None else {k: v.to(trainer.device) for k, v in best.items()}
+    trainer._best_cpu = best
+    trainer.stopped_early = state["stopped_early"]
+    rng = state["rng"]
+    trainer.generator.set_state(rng["data_order"])  # a generator's state is a host tensor, whatever its device
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """optimizer.load_state_dict, keeping each group's learning rate in the tensor it already had (a captured
+    CUDA graph's step reads that tensor, on the device: the saved one is a host copy)."""
+    tensors = [g["lr"] if isinstance(g["lr"], torch.Tensor) else None for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
+        if tensor is not None:
+            tensor.fill_(float(group["lr"]))
+            group["lr"] = tensor
+
+
+def save(state: dict[str, Any], path: Path) -> Path:
+    """Write a paused trial to `path` through a temporary name: a reader never sees half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(buffer.getbuffer())
+    partial.replace(path)
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A paused trial saved by `save`, on the host; tensors and numbers only (weights_only)."""
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
