@@ -46,11 +46,11 @@ def change_hparams(trainer: Trainer, changes: dict[str, Any]) -> HParams:
             group["momentum"] = new.momentum
     _scale_schedule(trainer, factors)
     if new.dropout != old.dropout:
-        _set_head_dropout(trainer.model, new.dropout or 0.0)
+        set_head_dropout(trainer.model, new.dropout or 0.0)
     trainer.criterion.label_smoothing = new.label_smoothing
     trainer.hp = new
     if any(name != "lr" for name, value in changes.items() if getattr(old, name) != value):
-        _forget_graph(trainer)
+        forget_graph(trainer)
     return new
 
 
@@ -81,7 +81,7 @@ def _scale_schedule(trainer: Trainer, factors: list[float]) -> None:
                 setattr(scheduler, attribute, [r * f for r, f in zip(rates, factors, strict=True)])
 
 
-def _set_head_dropout(model: nn.Module, p: float) -> None:
+def set_head_dropout(model: nn.Module, p: float) -> None:
     """The dropout before the classifier that build_model set or put in (never the backbone's own layers)."""
     names = getattr(model, "hpsearch_head_modules", None) or [head_name(model)]
     found = False
@@ -95,7 +95,7 @@ def _set_head_dropout(model: nn.Module, p: float) -> None:
         raise ValueError("dropout: the model has no dropout before its head to change (build it with dropout set)")
 
 
-def _forget_graph(trainer: Trainer) -> None:
+def forget_graph(trainer: Trainer) -> None:
     """Drop a captured step: its next full batches warm up and capture again with the new values."""
     if trainer._graph is not None:
         import torch

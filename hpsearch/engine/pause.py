@@ -2,10 +2,13 @@
 
 A paused trial is a plain dict of tensors and numbers (`pause(trainer)`): the model's weights, the
 optimizer's state, where the learning-rate schedule stands, the random generators' states (the data
-order's and the global ones that dropout draws from), the epochs it has trained with their metrics, and
-its best epoch so far. `resume(trainer, state)` puts it into a freshly built Trainer for the same model and
-hyperparameters; its next `fit` trains the epoch after the last one paused, so no epoch is trained twice,
-and on one device the resumed epochs are bit-identical to an uninterrupted run's.
+order's and the global ones that dropout draws from), the epochs it has trained with their metrics, its
+best epoch so far, and the mutable hyperparameters it trained with last. `resume(trainer, state)` puts it
+into a freshly built Trainer for the same model and hyperparameters; its next `fit` trains the epoch after
+the last one paused, so no epoch is trained twice, and on one device the resumed epochs are bit-identical
+to an uninterrupted run's. `adopt(trainer, state)` is
+population-based training's exploit: another member's weights, optimizer, schedule and hyperparameters, with the
+member's own record kept.
 
 The dict saves with `torch.save` and loads back with `torch.load(..., weights_only=True)` (`save` /
 `load`): no pickled code, so a checkpoint file is safe to read.
@@ -20,6 +23,8 @@ from typing import Any
 
 import torch
 
+from hpsearch.core.hparams import MUTABLE_HPARAMS
+from hpsearch.engine.mutate import forget_graph, set_head_dropout
 from hpsearch.engine.train import EpochStats, Trainer
 
 FORMAT = 1  # bumped when the dict's layout changes: a checkpoint of another layout is refused, not misread
@@ -52,6 +57,7 @@ def pause(trainer: Trainer) -> dict[str, Any]:
         "best_state_dict": trainer.best_state_dict_cpu(),
         "stopped_early": trainer.stopped_early,
         "unfreeze_epoch": trainer.unfreeze_epoch,
+        "hparams": trainer.hp.as_dict(),  # its mutable ones may have changed since it was built (engine/mutate.py)
         "model": _cpu(trainer.model.state_dict()),
         "optimizer": _cpu(trainer.optimizer.state_dict()),
         "schedule": _cpu(trainer.schedule.state_dict()),
@@ -69,14 +75,7 @@ def resume(trainer: Trainer, state: dict[str, Any]) -> None:
         raise PausedStateError(f"a paused trial of format {state.get('format')!r}; this hpsearch reads {FORMAT}")
     if state["epoch"] > trainer.hp.epochs:
         raise PausedStateError(f"the paused trial trained {state['epoch']} epochs; this one has {trainer.hp.epochs}")
-    if trainer.unfreeze_epoch is not None and state["unfreeze_epoch"] is None:
-        trainer._unfreeze()  # it had unfrozen its backbone before it paused
-    try:
-        trainer.model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise PausedStateError(f"the paused weights do not fit this model: {str(exc).splitlines()[0]}") from exc
-    _load_optimizer(trainer.optimizer, state["optimizer"])
-    trainer.schedule.load_state_dict(state["schedule"])
+    _load_training(trainer, state)
     trainer.history = [EpochStats(**stats) for stats in state["history"]]
     trainer.best_epoch, trainer.best_value = state["best_epoch"], state["best_value"]
     best = state["best_state_dict"]
@@ -88,6 +87,37 @@ def resume(trainer: Trainer, state: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+
+
+def adopt(trainer: Trainer, donor: dict[str, Any]) -> None:
+    """Population-based training's exploit: `trainer` goes on from another member's weights, optimizer state and
+    schedule position (`donor`, that member paused at the same epoch), keeping its own history, best epoch and
+    random generators, so its record stays its own."""
+    if donor.get("format") != FORMAT:
+        raise PausedStateError(f"a paused trial of format {donor.get('format')!r}; this hpsearch reads {FORMAT}")
+    if donor["epoch"] != len(trainer.history):
+        raise PausedStateError(f"the donor paused after epoch {donor['epoch']}; this member after "
+                               f"{len(trainer.history)}: a copy is made at the boundary both reached")
+    _load_training(trainer, donor)
+
+
+def _load_training(trainer: Trainer, state: dict[str, Any]) -> None:
+    """The weights, optimizer state and schedule position of `state`, into `trainer`."""
+    if trainer.unfreeze_epoch is not None and state["unfreeze_epoch"] is None:
+        trainer._unfreeze()  # it had unfrozen its backbone before it paused
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise PausedStateError(f"the paused weights do not fit this model: {str(exc).splitlines()[0]}") from exc
+    _load_optimizer(trainer.optimizer, state["optimizer"])  # its groups carry lr, weight_decay, momentum
+    trainer.schedule.load_state_dict(state["schedule"])
+    # The mutable hyperparameters it trained with last, and what reads them outside the optimizer.
+    mutable = {name: state["hparams"][name] for name in MUTABLE_HPARAMS}
+    if mutable["dropout"] != trainer.hp.dropout:
+        set_head_dropout(trainer.model, mutable["dropout"] or 0.0)
+    trainer.criterion.label_smoothing = mutable["label_smoothing"]
+    trainer.hp = dataclasses.replace(trainer.hp, **mutable)
+    forget_graph(trainer)  # a captured step read the optimizer state tensors that were just replaced
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

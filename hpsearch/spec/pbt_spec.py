@@ -16,10 +16,10 @@ from typing import Any
 from hpsearch.core import checks
 from hpsearch.core.checks import SpecError
 from hpsearch.core.hparams import MUTABLE_HPARAMS, HParams
+from hpsearch.search.pbt import RESAMPLE
 from hpsearch.search.space import ParamSpec
 
 SCHEDULERS = ("pbt",)
-RESAMPLE = "resample"
 DEFAULT_FACTORS = (0.8, 1.25)  # Ray Tune's PBT perturbs a float by these
 
 

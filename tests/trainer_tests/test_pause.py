@@ -108,3 +108,42 @@ def test_a_paused_state_that_does_not_fit_is_refused_in_one_line(tmp_path):
     longer_state = pause.pause(uninterrupted(HP))
     with pytest.raises(pause.PausedStateError, match="trained 4 epochs; this one has 1"):
         pause.resume(trainer(shorter, 0), longer_state)
+
+
+# --------------------------------------------------------------------------- PBT's exploit: one member copies another
+
+
+def test_a_member_that_copies_another_resumes_with_exactly_the_donors_weights_and_keeps_its_own_record(tmp_path):
+    from hpsearch.engine.mutate import change_hparams
+
+    donor_hp = HP
+    receiver_hp = HParams(**{**HP.as_dict(), "lr": 0.01})
+    donor, receiver = trainer(donor_hp, 0), trainer(receiver_hp, 1)
+    donor.fit(until_epoch=2)
+    receiver.fit(until_epoch=2)
+    own_history = list(receiver.history)
+    at_boundary = pause.load(pause.save(pause.pause(donor), tmp_path / "donor.pt"))  # the donor's checkpoint
+
+    pause.adopt(receiver, at_boundary)
+    for name, tensor in at_boundary["model"].items():  # the weights it resumes with are the checkpoint's
+        assert torch.equal(receiver.model.state_dict()[name], tensor), name
+    donor_momenta = [s["momentum_buffer"] for s in donor.optimizer.state.values()]
+    receiver_momenta = [s["momentum_buffer"] for s in receiver.optimizer.state.values()]
+    assert all(torch.equal(a, b) for a, b in zip(donor_momenta, receiver_momenta, strict=True))
+    assert receiver.history == own_history  # its record is its own
+    assert receiver.schedule.lr() == donor.schedule.lr()  # where the donor's schedule stands
+
+    assert receiver.hp.lr == donor_hp.lr  # it took the donor's hyperparameters with its weights
+    donor_rates = [g["lr"] for g in donor.optimizer.param_groups]
+    change_hparams(receiver, {"lr": donor_hp.lr * 1.25})  # then explore: 1.25 × where the donor stands
+    assert [g["lr"] for g in receiver.optimizer.param_groups] == pytest.approx([1.25 * r for r in donor_rates])
+    receiver.fit()
+    assert [s.epoch for s in receiver.history] == [1, 2, 3, 4]
+
+
+def test_a_copy_is_made_only_at_the_boundary_both_reached():
+    ahead, behind = trainer(HP, 0), trainer(HP, 1)
+    ahead.fit(until_epoch=2)
+    behind.fit(until_epoch=1)
+    with pytest.raises(pause.PausedStateError, match="the donor paused after epoch 2; this member after 1"):
+        pause.adopt(behind, pause.pause(ahead))
