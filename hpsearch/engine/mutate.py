@@ -14,13 +14,14 @@ A captured CUDA graph baked the old values in (all but a tensor lr): it is dropp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from hpsearch.core.hparams import MUTABLE_HPARAMS, HParams
 from hpsearch.engine.models import head_name
-from hpsearch.engine.train import Trainer
+from hpsearch.engine.train import EpochStats, Trainer
 
 # Group and scheduler keys that hold a rate a schedule works from, scaled with the learning rate.
 _RATE_KEYS = ("lr", "initial_lr", "base_lr", "max_lr", "min_lr")
@@ -103,3 +104,18 @@ def forget_graph(trainer: Trainer) -> None:
         torch.cuda.synchronize(trainer.device)
     trainer._graph = trainer._static = None
     trainer._eager_steps = 0
+
+
+def replay(trainer: Trainer, schedule: list[tuple[int, dict[str, Any]]],
+           on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+    """Train `trainer` from scratch through a population-based member's hyperparameter schedule: each
+    (epoch, changes) applies `changes` before that (1-based) epoch trains, as PBT's explore did mid-run
+    (`hpsearch train` of an exported PBT winner). Returns the history."""
+    for epoch, changes in sorted(schedule, key=lambda entry: entry[0]):
+        if epoch < 1 or epoch > trainer.hp.epochs:
+            raise ValueError(f"schedule: epoch {epoch} is outside 1..{trainer.hp.epochs}")
+        trainer.fit(on_epoch, until_epoch=epoch - 1)
+        if trainer.stopped_early:
+            break
+        change_hparams(trainer, changes)
+    return trainer.fit(on_epoch)

@@ -76,3 +76,23 @@ def test_what_shapes_the_model_or_its_loop_cannot_change():
         change_hparams(t, {"batch_size": 4, "optimizer": "adam"})
     with pytest.raises(ValueError, match="backbone_lr_scale: the trial was built with one optimizer group"):
         change_hparams(t, {"backbone_lr_scale": 0.5})
+
+
+def test_a_schedule_replays_the_changes_at_their_epochs():
+    from hpsearch.engine.mutate import replay
+
+    hp = HParams(lr=0.02, optimizer="sgd", batch_size=8, epochs=4, scheduler="cosine")
+    by_hand = trainer(hp, tiny=True)
+    by_hand.fit(until_epoch=1)
+    change_hparams(by_hand, {"lr": 0.04})
+    by_hand.fit(until_epoch=3)
+    change_hparams(by_hand, {"lr": 0.01, "weight_decay": 1e-4})
+    by_hand.fit()
+    replayed = trainer(hp, tiny=True)
+    epochs = []
+    replay(replayed, [(4, {"lr": 0.01, "weight_decay": 1e-4}), (2, {"lr": 0.04})], lambda s: epochs.append(s.epoch))
+    assert epochs == [1, 2, 3, 4]
+    assert [s.train_loss for s in replayed.history] == [s.train_loss for s in by_hand.history]
+    assert [s.lr for s in replayed.history] == [s.lr for s in by_hand.history]
+    with pytest.raises(ValueError, match="schedule: epoch 9 is outside 1..4"):
+        replay(trainer(hp, tiny=True), [(9, {"lr": 0.1})])
