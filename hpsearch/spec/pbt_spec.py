@@ -10,6 +10,7 @@ fresh draw from its search range.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +32,12 @@ class PbtSpec:
     # searched parameter → factors to multiply it by, or "resample" (a fresh draw from its range)
     perturb: dict[str, tuple[float, ...] | str] = field(default_factory=dict)
     resample_probability: float = 0.25
+    checkpoint_budget_mb: int = 4096  # paused members' checkpoints on local disk (orchestration/paused_members.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": "pbt", "population": self.population, "interval": self.interval, "quantile": self.quantile,
                 "perturb": {k: v if isinstance(v, str) else list(v) for k, v in self.perturb.items()},
-                "resample_probability": self.resample_probability}
+                "resample_probability": self.resample_probability, "checkpoint_budget_mb": self.checkpoint_budget_mb}
 
 
 def parse_scheduler(raw: Any, path: str) -> PbtSpec | None:
@@ -43,7 +45,8 @@ def parse_scheduler(raw: Any, path: str) -> PbtSpec | None:
     if raw is None:
         return None
     raw = checks.section(raw, path)
-    checks.check_keys(raw, ("name", "population", "interval", "quantile", "perturb", "resample_probability"), path)
+    checks.check_keys(raw, ("name", "population", "interval", "quantile", "perturb", "resample_probability",
+                            "checkpoint_budget_mb"), path)
     if "name" not in raw:
         raise SpecError(f"{path}.name", f"required: one of {', '.join(SCHEDULERS)}")
     checks.one_of(raw["name"], SCHEDULERS, f"{path}.name")
@@ -65,6 +68,7 @@ def parse_scheduler(raw: Any, path: str) -> PbtSpec | None:
         quantile=float(quantile),
         perturb=_parse_perturb(raw.get("perturb", {}), f"{path}.perturb"),
         resample_probability=float(probability),
+        checkpoint_budget_mb=checks.positive_int(raw.get("checkpoint_budget_mb", 4096), f"{path}.checkpoint_budget_mb"),
     )
 
 
@@ -125,4 +129,4 @@ def check_pbt(pbt: PbtSpec, train: dict[str, Any], search_space: dict[str, Param
     if pbt.interval >= epochs:
         raise SpecError(f"{path}.interval", f"must be below train.epochs ({epochs}), or no member ever copies "
                                             f"another, got {pbt.interval}")
-    return PbtSpec(pbt.population, pbt.interval, pbt.quantile, perturb, pbt.resample_probability)
+    return dataclasses.replace(pbt, perturb=perturb)

@@ -32,7 +32,8 @@ PBT = {
 def pbt(**study) -> dict:
     data = copy.deepcopy(PBT)
     for key, value in study.items():
-        if key in ("population", "interval", "quantile", "perturb", "resample_probability", "name"):
+        if key in ("population", "interval", "quantile", "perturb", "resample_probability", "name",
+                   "checkpoint_budget_mb"):
             data["study"]["scheduler"][key] = value
         else:
             data["study"][key] = value
@@ -43,6 +44,7 @@ def test_a_population_study_states_its_members_and_how_each_parameter_moves():
     spec = parse_spec(PBT, source="p.yaml")
     scheduler = spec.study.scheduler
     assert (scheduler.population, scheduler.interval, scheduler.quantile) == (4, 2, 0.25)
+    assert scheduler.checkpoint_budget_mb == 4096
     assert spec.study.n_trials == 4  # its trials are its members
     assert spec.study.pruner.name == "none"  # the bottom copies the top instead
     # Named as written; an unnamed float by Ray's default factors; an unnamed choice resampled.
@@ -65,6 +67,7 @@ CASES = [
     (pbt(interval=6), f"{S}.interval: must be below train.epochs (6), or no member ever copies another, got 6"),
     (pbt(quantile=0.7), f"{S}.quantile: must be in (0, 0.5] (the bottom and top fractions), got 0.7"),
     (pbt(resample_probability=2), f"{S}.resample_probability: must be in [0, 1], got 2"),
+    (pbt(checkpoint_budget_mb=0), f"{S}.checkpoint_budget_mb: must be > 0, got 0"),
     (pbt(perturb={"lr": [0.8, -1]}), f"{S}.perturb.lr: factors must be > 0, got -1.0"),
     (pbt(perturb={"lr": "double"}),
      f"{S}.perturb.lr: must be a list of factors such as [0.8, 1.25], or resample, got 'double'"),
