@@ -17,7 +17,6 @@ The dict saves with `torch.save` and loads back with `torch.load(..., weights_on
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 
 from hpsearch.core.hparams import MUTABLE_HPARAMS
 from hpsearch.engine.mutate import forget_graph, set_head_dropout
+from hpsearch.engine.torch_files import save_atomically
 from hpsearch.engine.train import EpochStats, Trainer
 
 FORMAT = 1  # bumped when the dict's layout changes: a checkpoint of another layout is refused, not misread
@@ -71,8 +71,7 @@ def pause(trainer: Trainer) -> dict[str, Any]:
 
 def resume(trainer: Trainer, state: dict[str, Any]) -> None:
     """Put a paused trial into `trainer`, built as the paused one was (model, data, hyperparameters)."""
-    if state.get("format") != FORMAT:
-        raise PausedStateError(f"a paused trial of format {state.get('format')!r}; this hpsearch reads {FORMAT}")
+    _check_format(state)
     if state["epoch"] > trainer.hp.epochs:
         raise PausedStateError(f"the paused trial trained {state['epoch']} epochs; this one has {trainer.hp.epochs}")
     _load_training(trainer, state)
@@ -93,12 +92,16 @@ def adopt(trainer: Trainer, donor: dict[str, Any]) -> None:
     """Population-based training's exploit: `trainer` goes on from another member's weights, optimizer state and
     schedule position (`donor`, that member paused at the same epoch), keeping its own history, best epoch and
     random generators, so its record stays its own."""
-    if donor.get("format") != FORMAT:
-        raise PausedStateError(f"a paused trial of format {donor.get('format')!r}; this hpsearch reads {FORMAT}")
+    _check_format(donor)
     if donor["epoch"] != len(trainer.history):
         raise PausedStateError(f"the donor paused after epoch {donor['epoch']}; this member after "
                                f"{len(trainer.history)}: a copy is made at the boundary both reached")
     _load_training(trainer, donor)
+
+
+def _check_format(state: dict[str, Any]) -> None:
+    if state.get("format") != FORMAT:
+        raise PausedStateError(f"a paused trial of format {state.get('format')!r}; this hpsearch reads {FORMAT}")
 
 
 def _load_training(trainer: Trainer, state: dict[str, Any]) -> None:
@@ -133,13 +136,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> 
 
 def save(state: dict[str, Any], path: Path) -> Path:
     """Write a paused trial to `path` through a temporary name: a reader never sees half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(buffer.getbuffer())
-    partial.replace(path)
-    return path
+    return save_atomically(state, path)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 
@@ -16,19 +13,6 @@ from hpsearch.tracking.mlflow_client import resolve_uri
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "model.pt"
-
-
-def _save_atomically(state_dict: Mapping[str, Any], path: Path) -> Path:
-    """torch.save to `path` through a temporary name: a reader never sees half a checkpoint."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    buffer = io.BytesIO()  # serialising in memory, then one write, is ~40% faster than torch.save(path)
-    torch.save(dict(state_dict), buffer)
-    tmp.write_bytes(buffer.getbuffer())
-    tmp.replace(path)
-    return path
 
 
 def checkpoint_uri(client: MlflowClient, run_id: str) -> str | None:

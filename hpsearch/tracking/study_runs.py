@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 from hpsearch.core.record_keys import TAG_FAIL_REASON, Ended
+from hpsearch.engine.torch_files import save_atomically
 from hpsearch.tracking.background_writer import _WRITER, _Write, submit, undelivered_checkpoint
-from hpsearch.tracking.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FILE, _save_atomically
+from hpsearch.tracking.checkpoints import CHECKPOINT_DIR, CHECKPOINT_FILE
 from hpsearch.tracking.mlflow_client import client_for, through_outage, unreachable
 
 
@@ -161,7 +162,7 @@ class TrialRun:
         repo = get_artifact_repository(self.artifact_uri, tracking_uri=self.client.tracking_uri)
         if isinstance(repo, LocalArtifactRepository):
             # Local store: write the file where it belongs instead of writing it and copying it.
-            _save_atomically(state_dict, Path(repo.artifact_dir) / CHECKPOINT_DIR / name)
+            save_atomically(dict(state_dict), Path(repo.artifact_dir) / CHECKPOINT_DIR / name)
             return
         with tempfile.TemporaryDirectory() as tmp_dir:
             path = os.path.join(tmp_dir, name)
@@ -192,7 +193,7 @@ class TrialRun:
 
             _WRITER.submit(_Write(
                 f"{self.label}'s checkpoint", lambda: self.log_checkpoint(checkpoint),
-                keep=lambda: str(_save_atomically(checkpoint, undelivered_checkpoint(self.run_id).resolve())),
+                keep=lambda: str(save_atomically(dict(checkpoint), undelivered_checkpoint(self.run_id).resolve())),
                 on_lost=checkpoint_lost,
             ))
 
