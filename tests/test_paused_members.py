@@ -17,6 +17,9 @@ def test_a_checkpoint_lives_while_its_member_resumes_from_it_or_a_slower_member_
     assert still_needed(stored, {0: 4, 1: 2, 2: 2}) == {(0, 4), (1, 2), (2, 2)}
     assert still_needed(stored, {0: 4, 1: 3, 2: 1}) == stored  # member 2 below 2: every epoch-2 one may be copied
     assert still_needed({(0, 6), (1, 6)}, {0: 6, 1: 6}) == {(0, 6), (1, 6)}  # each member's latest stays
+    # A finished (or failed) member resumes from nothing; once every member has finished, nothing is kept.
+    assert still_needed({(0, 4), (1, 4)}, {0: 6, 1: 4}, frozenset({0})) == {(1, 4)}
+    assert still_needed({(0, 4), (1, 4)}, {0: 6, 1: 6}, frozenset({0, 1})) == set()
 
 
 def state(mb: float) -> dict:

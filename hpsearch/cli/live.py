@@ -17,7 +17,7 @@ from hpsearch.core.credentials import redact
 from hpsearch.core.record_keys import Ended
 from hpsearch.core.terminal import escaped
 from hpsearch.orchestration.devices import Slot
-from hpsearch.orchestration.events import EpochEnded, TrialEnded, TrialStarted, WorkerEvent
+from hpsearch.orchestration.events import EpochEnded, MemberPaused, TrialEnded, TrialStarted, WorkerEvent
 
 
 @dataclass
@@ -87,6 +87,11 @@ class LiveView:
             )
         elif isinstance(event, TrialEnded):
             self.trial_ended(slot, event.trial, event.state, event.value, event.reason)
+        elif isinstance(event, MemberPaused):
+            s.trial = None
+            how = f"copied trial {event.donor}'s weights" if event.donor is not None else "kept its own weights"
+            self._line(f"[{s.label}#{slot.index}] trial {event.trial} paused at epoch {event.epoch}/{event.epochs}: "
+                       f"{how}")
 
     def trial_ended(self, slot: Slot, number: int, state: str, value: float | None, reason: str | None) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1

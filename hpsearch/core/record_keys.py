@@ -26,6 +26,19 @@ ATTR_RETRY_REASON = "hpsearch.retry_reason"
 # True on a COMPLETE trial told before its checkpoint was stored (it is written afterwards, on the
 # worker's writer thread): where MLflow lacks it, `best` says why instead of guessing.
 ATTR_CHECKPOINT_PENDING = "hpsearch.checkpoint_pending"
+# Population-based training (study.scheduler: pbt), on each member trial. A member stays RUNNING from its first
+# epoch to its last, paused between turns on a worker.
+ATTR_PBT_MEMBER = "hpsearch.pbt.member"  # True: the trial is a member of the population
+ATTR_PBT_EPOCH = "hpsearch.pbt.epoch"  # epochs its latest checkpoint holds: where it resumes
+ATTR_PBT_PAUSED = "hpsearch.pbt.paused"  # True while no worker holds it: any run of the study may resume it
+# Its exploits, oldest first: [{"epoch": e, "from_trial": donor number, "params": the params it went on with}].
+ATTR_PBT_LINEAGE = "hpsearch.pbt.lineage"
+# The mutable hyperparameters the weights it holds were trained with, from scratch, one entry per change:
+# [{"epoch": first 1-based epoch they apply to, "params": {name: value}}] (a donor's entries up to the exploit,
+# then its own): what `best --export` writes as best.yaml's schedule and `hpsearch train` replays.
+ATTR_PBT_SCHEDULE = "hpsearch.pbt.schedule"
+# Epochs trained and thrown away (a killed worker, an interrupt: trained again from its checkpoint).
+ATTR_PBT_RETRIED = "hpsearch.pbt.retried_epochs"
 
 # ---------------------------------------------------------------- Optuna study user attributes
 
@@ -41,6 +54,8 @@ TAG_ROLE = "hpsearch.role"  # "study", "trial" or "train"
 TAG_STATE = "hpsearch.state"
 TAG_FAIL_REASON = "hpsearch.fail_reason"
 TAG_CHECKPOINT_ERROR = "hpsearch.checkpoint_error"
+TAG_PBT_LINEAGE = "hpsearch.pbt.lineage"  # a member's ATTR_PBT_LINEAGE, as JSON
+TAG_PBT_RETRIED = "hpsearch.pbt.retried_epochs"  # a member's ATTR_PBT_RETRIED
 TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 TAG_PARENT = "mlflow.parentRunId"

@@ -51,6 +51,17 @@ class EpochEnded(WorkerEvent):
 
 
 @dataclass(frozen=True)
+class MemberPaused(WorkerEvent):
+    """A population member reached an interval boundary: its checkpoint is stored and its score reported; it goes
+    on in a later turn. `donor`: the member it copied there (None: it kept its own weights)."""
+
+    trial: int
+    epoch: int
+    epochs: int
+    donor: int | None
+
+
+@dataclass(frozen=True)
 class TrialEnded(WorkerEvent):
     """The trial is told to Optuna and its run closed (or queued to close)."""
 

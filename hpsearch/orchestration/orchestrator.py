@@ -61,6 +61,7 @@ class WorkerHandle:
     trial_id: int | None = None
     trial_number: int | None = None
     deaths_before_ready: int = 0
+    last_trial_id: int | None = None  # the trial it ran last (a population member it may still hold in memory)
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Orchestrator:
         elif isinstance(event, WorkerRetiring) and handle is not None:
             self.live.message(f"slot {index}: {event.reason}; starting a fresh worker process")
         elif isinstance(event, WorkerFree) and handle is not None and handle.trial_number == event.trial:
+            handle.last_trial_id = handle.trial_id
             handle.trial_id = handle.trial_number = None
         if handle is not None:
             self.live.on_event(handle.slot, event)

@@ -19,14 +19,17 @@ from hpsearch.engine import pause
 _NAME = re.compile(r"member-(\d+)-epoch-(\d+)\.pt")
 
 
-def still_needed(checkpoints: set[tuple[int, int]], reached: dict[int, int]) -> set[tuple[int, int]]:
+def still_needed(checkpoints: set[tuple[int, int]], reached: dict[int, int],
+                 finished: frozenset[int] = frozenset()) -> set[tuple[int, int]]:
     """Of the (member, epoch) checkpoints, those some member can still use, given the epoch each member has
-    reached ({member: epochs trained}; a finished member's count is the study's epochs)."""
-    slowest = min(reached.values(), default=0)
+    reached ({member: epochs trained}; a finished member's count is the study's epochs) and the members that
+    have finished (or failed): they resume from nothing."""
+    slowest = min((e for m, e in reached.items() if m not in finished), default=None)
     latest = {m: max((e for mm, e in checkpoints if mm == m), default=-1) for m, _ in checkpoints}
     # Its latest: the member resumes from it (after a pause, or when the worker training it dies). Past the
-    # slowest member: that one may still copy it when it gets there.
-    return {(m, e) for m, e in checkpoints if e == latest[m] or e > slowest}
+    # slowest member still training: that one may still copy it when it gets there.
+    return {(m, e) for m, e in checkpoints
+            if (e == latest[m] and m not in finished) or (slowest is not None and e > slowest)}
 
 
 class PausedMembers:
@@ -46,11 +49,12 @@ class PausedMembers:
     def size(self) -> int:
         return sum(self.path(m, e).stat().st_size for m, e in self.stored())
 
-    def keep(self, member: int, epoch: int, state: dict[str, Any], reached: dict[int, int]) -> Path:
+    def keep(self, member: int, epoch: int, state: dict[str, Any], reached: dict[int, int],
+             finished: frozenset[int] = frozenset()) -> Path:
         """Store `member`'s state after `epoch`, then delete what nobody can use any more. Over the budget even
         then: RunFailure, one line naming it (the checkpoints stay, so stopping there loses nothing)."""
         path = pause.save(state, self.path(member, epoch))  # first: a member is never without a checkpoint
-        self.release({**reached, member: epoch})
+        self.release({**reached, member: epoch}, finished)
         used = self.size()
         if used > self.budget_bytes:  # what is kept stays: the run stops, nothing is lost
             raise RunFailure(f"paused members need {used / 1e6:.1f} MB, over study.scheduler's checkpoint budget of "
@@ -60,10 +64,10 @@ class PausedMembers:
     def load(self, member: int, epoch: int) -> dict[str, Any]:
         return pause.load(self.path(member, epoch))
 
-    def release(self, reached: dict[int, int]) -> list[tuple[int, int]]:
+    def release(self, reached: dict[int, int], finished: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
         """Delete the checkpoints no member can still use; returns them."""
         stored = self.stored()
-        gone = sorted(stored - still_needed(stored, reached))
+        gone = sorted(stored - still_needed(stored, reached, finished))
         for member, epoch in gone:
             self.path(member, epoch).unlink(missing_ok=True)
         return gone

@@ -14,10 +14,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.core import record_keys
 from hpsearch.core.credentials import mask_url, redact
-from hpsearch.core.errors import RunFailure, UsageError
+from hpsearch.core.errors import RunFailure
 from hpsearch.core.outages import GaveUp, first_line, short_reason
 from hpsearch.orchestration.devices import plan_slots
 from hpsearch.orchestration.orchestrator import Orchestrator, RunSummary, reap_and_close
+from hpsearch.orchestration.population import PopulationOrchestrator
 from hpsearch.orchestration.progress import Progress
 from hpsearch.search import trial_states
 from hpsearch.search.samplers import build_pruner, study_sampler
@@ -31,9 +32,6 @@ Publisher = Callable[[Spec, optuna.Study, study_runs.StudyTracker, str, Callable
 
 
 def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) -> RunSummary:
-    if spec.study.scheduler is not None:  # the population's scheduling is being built: refuse it, never ignore it
-        raise UsageError("study.scheduler: population-based training is checked by `validate` but this version "
-                         "of hpsearch cannot run it yet; remove study.scheduler to search without it")
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
     study, resumed, reaped, retried = _open_study(spec)
@@ -73,7 +71,8 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
             + f"; MLflow: {mask_url(spec.tracking.uri)} (experiment {spec.tracking.experiment!r})"
         )
     live.start({s.name: c for s, c in counts.items()}, best_value, best_trial)
-    orchestrator = Orchestrator(
+    kind = Orchestrator if spec.study.scheduler is None else PopulationOrchestrator
+    orchestrator = kind(
         spec, study, slots, storage_url, spec.tracking.uri, study_tracker.experiment_id, parent_run_id, live
     )
     undelivered: list[str] = []

@@ -42,6 +42,7 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
     (slot index, WorkerEvent) to the parent.
     """
     from hpsearch.core.interrupts import Interrupted
+    from hpsearch.orchestration.member import run_member_turn
     from hpsearch.orchestration.objective import run_trial
 
     parent = os.getppid()
@@ -59,11 +60,15 @@ def worker_main(slot: Slot, spec: Spec, storage_url: str | None, tracking_uri: s
         # (~600k objects, 0.35 s a trial, otherwise).
         gc.freeze()
         context.on_event(WorkerReady())
+        held = None  # a population member kept in memory between its turns (orchestration/member.py)
         while True:
             trial_id = _next_task(tasks, parent)
             if trial_id is None:
                 break
-            outcome = run_trial(context, trial_id)
+            if spec.study.scheduler is not None:
+                outcome, held = run_member_turn(context, trial_id, held)
+            else:
+                outcome = run_trial(context, trial_id)
             context.on_event(WorkerFree(outcome.number))
             broken = graphs_disabled_reason()
             if broken:

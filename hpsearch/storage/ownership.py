@@ -21,6 +21,7 @@ from hpsearch.core.record_keys import (
     ATTR_HOST,
     ATTR_OWNER_PID,
     ATTR_OWNER_START,
+    ATTR_PBT_MEMBER,
     FailureKind,
 )
 from hpsearch.search import trial_access
@@ -94,10 +95,13 @@ def beat(study: optuna.Study, trial_ids: Iterable[int]) -> None:
 
 
 def reap_orphans(study: optuna.Study) -> list[FrozenTrial]:
-    """Mark FAIL every RUNNING trial whose owner is gone (see owner_is_alive); returns them."""
+    """Mark FAIL every RUNNING trial whose owner is gone (see owner_is_alive); returns them.
+
+    Never a population member: it stays RUNNING between its turns, and one whose owner is gone goes on from its
+    checkpoint (orchestration/population.py)."""
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not owner_is_alive(t):
+        if not t.user_attrs.get(ATTR_PBT_MEMBER) and not owner_is_alive(t):
             trial_access.fail_trial(study, t, "its worker process was gone (found by a later run)", FailureKind.REAPED)
             reaped.append(t)
     return reaped

@@ -141,6 +141,20 @@ class TrialRun:
         through_outage(lambda: client.log_batch(self.run_id, params=_params(params)), f"{label}'s params")
         return self
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_id: str, trial_number: int) -> TrialRun:
+        """A run started earlier and left open: a population member's, going on in another turn or process."""
+        run = through_outage(lambda: client.get_run(run_id), f"trial {trial_number}'s run")
+        return cls(client, run_id, run.info.artifact_uri, f"trial {trial_number}")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags written on the writer thread, in order with the metrics (a member's lineage, its state)."""
+        def write() -> None:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value[:MAX_TAG_CHARS])
+
+        submit(f"{self.label}'s tags", write)
+
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
