@@ -220,6 +220,7 @@ def test_ctrl_c_pauses_the_population_and_a_run_killed_outright_loses_no_member(
     result = run_cli("run", str(space), cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reaped" not in result.stdout  # a member is never reaped as a zombie: it goes on
+    assert "3 population member(s) go on from their checkpoints" in result.stdout
     trials = assert_whole_population(load(workdir), 3, epochs=6)
     assert sum(t.user_attrs.get(keys.ATTR_PBT_RETRIED, 0) for t in trials) >= 1
     assert all(r.info.status == "FINISHED" for r in member_runs(workdir).values())

@@ -46,6 +46,7 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
             f"resuming study {spec.study.name!r} ({where}): {finished}/{n} finished, "
             f"{counts[TrialState.FAIL]} failed" + (f"; reaped {len(reaped)} orphaned trial(s)" if reaped else "")
             + (f"; retrying trial(s) {', '.join(map(str, retried))}" if retried else "")
+            + _waiting_members(study)
         )
     else:
         progress.say(f"created study {spec.study.name!r} ({where}), budget {n} finished trials")
@@ -115,6 +116,16 @@ def _open_study(spec: Spec) -> tuple[optuna.Study, bool, list[FrozenTrial], list
         reaped = reap_and_close(study, spec.tracking.uri)
         retried = [t.number for t in retries.retry_candidates(study) if retries.enqueue_retry(study, t)]
     return study, resumed, reaped, retried
+
+
+def _waiting_members(study: optuna.Study) -> str:
+    """A population-based study's members that go on from their checkpoints, for the resume line."""
+    waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get(record_keys.ATTR_PBT_MEMBER)]
+    if not waiting:
+        return ""
+    at = ", ".join(f"{t.number}@{t.user_attrs.get(record_keys.ATTR_PBT_EPOCH, 0)}" for t in waiting)
+    return f"; {len(waiting)} population member(s) go on from their checkpoints (trial@epoch: {at})"
 
 
 def summary_line(spec: Spec, summary: RunSummary) -> str:

@@ -125,6 +125,10 @@ def check_pbt(pbt: PbtSpec, train: dict[str, Any], search_space: dict[str, Param
                                                       f"{search_space[name].type}: use {RESAMPLE}")
     for name, param in search_space.items():  # unnamed: floats by the default factors, others resampled
         perturb.setdefault(name, DEFAULT_FACTORS if param.type == "float" else RESAMPLE)
+    if train.get("patience") is not None:
+        raise SpecError("train.patience", "a population member trains all its epochs, so that the population's "
+                                          "budget is exact (a poor member copies a good one instead of stopping): "
+                                          "remove patience")
     epochs = train.get("epochs", HParams().epochs)
     if pbt.interval >= epochs:
         raise SpecError(f"{path}.interval", f"must be below train.epochs ({epochs}), or no member ever copies "

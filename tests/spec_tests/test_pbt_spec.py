@@ -97,6 +97,12 @@ def test_a_searched_hyperparameter_that_shapes_the_model_or_its_loop_is_refused(
                              f"fix it under train: (PBT mutates {', '.join(MUTABLE_HPARAMS)})")
 
 
+def test_early_stopping_is_refused_so_that_the_budget_stays_exact():
+    data = pbt()
+    data["train"]["patience"] = 2
+    assert refusal(data).startswith("train.patience: a population member trains all its epochs")
+
+
 def test_validate_accepts_it_and_shows_the_scheduler(tmp_path, capsys):
     space = tmp_path / "p.yaml"
     space.write_text(yaml.safe_dump(PBT))
