@@ -26,6 +26,9 @@ ATTR_RETRY_REASON = "hpsearch.retry_reason"
 # True on a COMPLETE trial told before its checkpoint was stored (it is written afterwards, on the
 # worker's writer thread): where MLflow lacks it, `best` says why instead of guessing.
 ATTR_CHECKPOINT_PENDING = "hpsearch.checkpoint_pending"
+# What the trial's network started from: "none", the torchvision weights' name, or "sha256:…" of a weights file
+# (engine.models.weights_identity): trials that share it may be averaged into a model soup.
+ATTR_START_WEIGHTS = "hpsearch.start_weights"
 # Population-based training (study.scheduler: pbt), on each member trial. A member stays RUNNING from its first
 # epoch to its last, paused between turns on a worker.
 ATTR_PBT_MEMBER = "hpsearch.pbt.member"  # True: the trial is a member of the population

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import os
 import urllib.parse
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -74,6 +76,30 @@ def resolve_weights(name: str, weights: str | None) -> Any:
         choices = ", ".join(m.name for m in enum)
         raise ValueError(f"unknown weights {weights!r} for {name}; use DEFAULT, none, a state_dict file path "
                          f"or one of {choices}") from None
+
+
+def weights_identity(name: str, weights: str | None) -> str:
+    """What a network starts from, as a record that tells whether two trials started from the same weights (a
+    model soup needs that): "none" (random init), the torchvision weights' full name (DEFAULT resolved), or a
+    file's "sha256:<first 16 hex digits>" (of its bytes: a copy under another name is the same start)."""
+    resolved = resolve_weights(name, weights)
+    if resolved is None:
+        return "none"
+    if isinstance(resolved, str):
+        path = Path(resolved).resolve()
+        stat = path.stat()
+        return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    return f"{type(resolved).__name__}.{resolved.name}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per process per (path, size, mtime): a worker's trials hash it once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def normalization(name: str, weights: str | None) -> tuple[tuple[float, float, float], tuple[float, float, float]]:

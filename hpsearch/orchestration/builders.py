@@ -53,10 +53,13 @@ def run_params(spec: Spec, hp: HParams, device: str | None = None) -> dict[str, 
     if not spec.study.multi:  # compression after training is measured by multi-objective studies only
         for name in COMPRESSION_HPARAMS:
             del values[name]
+    from hpsearch.engine.models import weights_identity
+
     return {
         **values,
         "model": spec.task.model.name,
         "weights": spec.task.model.weights,
+        "start_weights": weights_identity(spec.task.model.name, spec.task.model.weights),
         "dataset": spec.task.data.name,
         "image_size": spec.task.data.image_size,
     }

@@ -92,7 +92,10 @@ def run_member_turn(context: TrialContext, trial_id: int, held: Held | None) -> 
     frozen = trial_access.get_trial(study, trial_id)
     number = trial.number
     epoch = int(frozen.user_attrs.get(record_keys.ATTR_PBT_EPOCH, 0))
-    if held is not None and (held.trial_id != trial_id or held.epoch != epoch):
+    # Held in memory only while it is what the checkpoint holds: another worker may have trained the member since
+    # (and died past the checkpoint: the file is taken up then, which counts the epochs trained again).
+    if held is not None and (held.trial_id != trial_id or held.epoch != epoch
+                             or max(frozen.intermediate_values, default=0) > epoch):
         held.release()  # its checkpoint is on disk: nothing is lost
         held = None
     folder = checkpoints(spec)
@@ -146,9 +149,11 @@ def _take_up(context: TrialContext, trial: optuna.Trial, frozen: FrozenTrial, ep
     hp = hparams_for(spec, searched)
     run_id = frozen.user_attrs.get(record_keys.ATTR_RUN_ID)
     if run_id is None:
+        params = run_params(spec, hp, context.device)
         run = TrialRun.start(context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
-                             run_params(spec, hp, context.device))
+                             params)
         trial.set_user_attr(record_keys.ATTR_RUN_ID, run.run_id)
+        trial.set_user_attr(record_keys.ATTR_START_WEIGHTS, params["start_weights"])
         context.on_event(TrialStarted(number, hp.epochs, searched))
     else:
         run = TrialRun.reopen(context.client, run_id, number)

@@ -89,11 +89,11 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
         searched = suggest(trial, spec.search_space, spec.train)
         spec = with_task_choices(spec, searched)  # this trial's backbone and input size, when searched
         hp = hparams_for(spec, searched)
-        run = TrialRun.start(
-            context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
-            run_params(spec, hp, context.device),
-        )
+        params = run_params(spec, hp, context.device)
+        run = TrialRun.start(context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
+                             params)
         trial.set_user_attr(record_keys.ATTR_RUN_ID, run.run_id)
+        trial.set_user_attr(record_keys.ATTR_START_WEIGHTS, params["start_weights"])
         trial.set_user_attr(record_keys.ATTR_WORKER_PID, os.getpid())
         context.on_event(TrialStarted(number, hp.epochs, searched))
 
