@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import click
 
-from hpsearch.cli import best_command, model_commands, report_commands, search_commands
+from hpsearch.cli import best_command, ensemble_commands, model_commands, report_commands, search_commands
 from hpsearch.cli.options import EXIT_BAD_INPUT, EXIT_INTERRUPTED, spec_error_type
 from hpsearch.core.credentials import redact
 from hpsearch.core.errors import RunFailure, UsageError
@@ -38,7 +38,8 @@ def _error(message: str) -> None:
 
 
 for command in (search_commands.run, search_commands.validate, search_commands.status, best_command.best,
-                model_commands.compress, model_commands.train, report_commands.report, report_commands.ui):
+                model_commands.compress, model_commands.train, report_commands.report, report_commands.ui,
+                ensemble_commands.confirm):
     cli.add_command(command)
 
 

@@ -29,6 +29,12 @@ ATTR_CHECKPOINT_PENDING = "hpsearch.checkpoint_pending"
 # What the trial's network started from: "none", the torchvision weights' name, or "sha256:…" of a weights file
 # (engine.models.weights_identity): trials that share it may be averaged into a model soup.
 ATTR_START_WEIGHTS = "hpsearch.start_weights"
+# A confirmation's retraining (`hpsearch confirm`), in the study <name>-confirm: which configuration it retrains
+# (the search's trial number), which of its seeds (1..S) and the training seed that makes it.
+CONFIRM_ATTR_PREFIX = "hpsearch.confirm."
+ATTR_CONFIRM_OF = "hpsearch.confirm.of_trial"
+ATTR_CONFIRM_INDEX = "hpsearch.confirm.seed_index"
+ATTR_CONFIRM_SEED = "hpsearch.confirm.seed"
 # Population-based training (study.scheduler: pbt), on each member trial. A member stays RUNNING from its first
 # epoch to its last, paused between turns on a worker.
 ATTR_PBT_MEMBER = "hpsearch.pbt.member"  # True: the trial is a member of the population
@@ -49,6 +55,7 @@ STUDY_SPACE_FILE = "hpsearch.space_file"
 STUDY_SPEC = "hpsearch.spec"  # the resolved spec, Spec.to_dict()
 STUDY_METRIC = "hpsearch.metric"
 STUDY_TRACKING_URI = "hpsearch.tracking_uri"
+STUDY_CONFIRMED = "hpsearch.confirmed"  # the last confirmation's result (results/confirmation.py summarize)
 STUDY_UNDELIVERED = "hpsearch.undelivered"  # MLflow writes the last run could not deliver: [description]
 
 # ---------------------------------------------------------------- MLflow run tags
@@ -62,6 +69,7 @@ TAG_PBT_RETRIED = "hpsearch.pbt.retried_epochs"  # a member's ATTR_PBT_RETRIED
 TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_PART_OF = "hpsearch.part_of"  # on a confirmation's parent run: the study it confirms
 MAX_TAG_CHARS = 4000
 
 # ---------------------------------------------------------------- MLflow model version tags (`best --register`)

@@ -90,14 +90,18 @@ def run_trial(context: TrialContext, trial_id: int) -> TrialOutcome:
         spec = with_task_choices(spec, searched)  # this trial's backbone and input size, when searched
         hp = hparams_for(spec, searched)
         params = run_params(spec, hp, context.device)
+        # A confirmation's retraining says which configuration and seed it is.
+        confirming = {k: str(v) for k, v in trial.user_attrs.items() if k.startswith(record_keys.CONFIRM_ATTR_PREFIX)}
         run = TrialRun.start(context.client, context.experiment_id, context.parent_run_id, spec.study.name, number,
-                             params)
+                             params, extra_tags=confirming)
         trial.set_user_attr(record_keys.ATTR_RUN_ID, run.run_id)
         trial.set_user_attr(record_keys.ATTR_START_WEIGHTS, params["start_weights"])
         trial.set_user_attr(record_keys.ATTR_WORKER_PID, os.getpid())
         context.on_event(TrialStarted(number, hp.epochs, searched))
 
-        trainer, _ = build_trainer(spec, hp, context.device, trial_seed(spec.study.seed, number))
+        # A confirmation's retraining brings its own training seed; a search's trial takes its number's.
+        seed = trial.user_attrs.get(record_keys.ATTR_CONFIRM_SEED, trial_seed(spec.study.seed, number))
+        trainer, _ = build_trainer(spec, hp, context.device, seed)
         if trainer.group_lrs:  # fine-tuning's per-group learning rates (lr.head, lr.stage_7, …) as resolved
             run.log_epoch(1, trainer.group_lrs)
         on_epoch = _epoch_hook(context, trial, run, hp.epochs)

@@ -20,6 +20,7 @@ from hpsearch.orchestration.devices import plan_slots
 from hpsearch.orchestration.orchestrator import Orchestrator, RunSummary, reap_and_close
 from hpsearch.orchestration.population import PopulationOrchestrator
 from hpsearch.orchestration.progress import Progress
+from hpsearch.orchestration.queued import QueuedTrialsOrchestrator
 from hpsearch.search import trial_states
 from hpsearch.search.samplers import build_pruner, study_sampler
 from hpsearch.spec.redaction import masked_spec
@@ -31,7 +32,10 @@ from hpsearch.tracking import background_writer, mlflow_client, study_runs
 Publisher = Callable[[Spec, optuna.Study, study_runs.StudyTracker, str, Callable[[str, bool], None]], None]
 
 
-def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) -> RunSummary:
+def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None, queued_only: bool = False
+              ) -> RunSummary:
+    """Run what the study's budget lacks. `queued_only`: run the trials enqueued in it and sample none (a
+    confirmation's retrainings); the study is then not remembered as this folder's last run."""
     slots = plan_slots(spec.resources.devices, spec.resources.trials_per_device)  # refuse bad devices first
     storage_url = spec.study.storage
     study, resumed, reaped, retried = _open_study(spec)
@@ -57,9 +61,10 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
             parent_run_id = study_tracker.parent_run(spec.study.name, _parent_params(spec))
     except GaveUp as exc:
         raise RunFailure(f"MLflow tracking store {mask_url(spec.tracking.uri)}: {exc}") from exc
-    last_run.remember_last_run(
-        last_run.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
-    )
+    if not queued_only:  # `best`, `status` and `report` without SPACE go on reading the search
+        last_run.remember_last_run(
+            last_run.LastRun(spec.study.name, mask_url(storage_url), mask_url(spec.tracking.uri) or "", spec.source)
+        )
 
     live = progress
     best_value = best_trial = None
@@ -72,7 +77,8 @@ def run_study(spec: Spec, progress: Progress, publish: Publisher | None = None) 
             + f"; MLflow: {mask_url(spec.tracking.uri)} (experiment {spec.tracking.experiment!r})"
         )
     live.start({s.name: c for s, c in counts.items()}, best_value, best_trial)
-    kind = Orchestrator if spec.study.scheduler is None else PopulationOrchestrator
+    kind = (QueuedTrialsOrchestrator if queued_only else Orchestrator if spec.study.scheduler is None
+            else PopulationOrchestrator)
     orchestrator = kind(
         spec, study, slots, storage_url, spec.tracking.uri, study_tracker.experiment_id, parent_run_id, live
     )

@@ -28,6 +28,14 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class ConfirmSpec:
+    """`study.confirm`: retrain the `top` best configurations `seeds` times each once the search is done."""
+
+    top: int = 3
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """`metric`/`direction` is what training selects its best epoch (and checkpoint) by: the study's one
     objective, or the first epoch metric among `objectives` in a multi-objective study."""
@@ -42,6 +50,7 @@ class StudySpec:
     storage: str | None
     objectives: tuple[Objective, ...] = ()  # two or three in a multi-objective study; () for one
     scheduler: PbtSpec | None = None  # population-based training (spec/pbt_spec.py); None: trials train alone
+    confirm: ConfirmSpec | None = None  # `hpsearch confirm` after the search (results/confirmation.py)
 
     @property
     def seed(self) -> int:
@@ -113,6 +122,7 @@ class Spec:
                 "pruner": _pruner_to_dict(s.pruner),
                 "storage": s.storage,
                 **({"scheduler": s.scheduler.to_dict()} if s.scheduler else {}),
+                **({"confirm": dataclasses.asdict(s.confirm)} if s.confirm else {}),
             },
             "task": {
                 "model": dataclasses.asdict(self.task.model),

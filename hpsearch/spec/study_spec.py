@@ -48,7 +48,16 @@ from hpsearch.search.space import ParamSpec, check_plateau_gamma, parse_search_s
 from hpsearch.spec import model_catalog, strict_yaml
 from hpsearch.spec.finetune_checks import check_finetuning
 from hpsearch.spec.pbt_spec import check_pbt, check_population, parse_scheduler
-from hpsearch.spec.spec_types import ModelSpec, Objective, ResourcesSpec, Spec, StudySpec, TaskSpec, TrackingSpec
+from hpsearch.spec.spec_types import (
+    ConfirmSpec,
+    ModelSpec,
+    Objective,
+    ResourcesSpec,
+    Spec,
+    StudySpec,
+    TaskSpec,
+    TrackingSpec,
+)
 from hpsearch.spec.teacher_spec import TeacherSpec, check_distillation, check_teacher
 
 __all__ = [
@@ -192,8 +201,9 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
     path = "study"
     raw = checks.section(raw, path)
     checks.check_keys(raw, ("name", "metric", "direction", "objectives", "n_trials", "timeout", "sampler", "pruner",
-                            "storage", "scheduler"), path)
+                            "storage", "scheduler", "confirm"), path)
     scheduler = parse_scheduler(raw.get("scheduler"), "study.scheduler")
+    confirm = parse_confirm(raw, scheduler is not None)
     if "name" in raw:
         name = checks.study_name(raw["name"], "study.name")
     elif source is None:
@@ -239,7 +249,33 @@ def _parse_study(raw: Any, source: str | None) -> StudySpec:
         storage=None if raw.get("storage") is None else checks.text(raw["storage"], "study.storage"),
         objectives=objectives,
         scheduler=scheduler,
+        confirm=confirm,
     )
+
+
+def parse_confirm(raw: dict[str, Any], population: bool) -> ConfirmSpec | None:
+    """`study.confirm: {top: K, seeds: S}` (None when absent), refused where a configuration cannot be retrained
+    and ranked by one mean."""
+    if raw.get("confirm") is None:
+        return None
+    path = "study.confirm"
+    section = checks.section(raw["confirm"], path)
+    checks.check_keys(section, ("top", "seeds"), path)
+    if "objectives" in raw:
+        raise SpecError(path, CONFIRM_MULTI)
+    if population:
+        raise SpecError(path, CONFIRM_PBT)
+    seeds = checks.positive_int(section.get("seeds", 3), f"{path}.seeds")
+    if seeds < 2:
+        raise SpecError(f"{path}.seeds", f"must be at least 2 (one seed has no spread), got {seeds}")
+    return ConfirmSpec(top=checks.positive_int(section.get("top", 3), f"{path}.top"), seeds=seeds)
+
+
+# Why a confirmation is refused, in `validate` and in `hpsearch confirm` alike.
+CONFIRM_MULTI = ("a multi-objective study has a Pareto front, not one winner to confirm: pick a point with "
+                 "`best --trial N` (confirmation ranks configurations by one metric's mean)")
+CONFIRM_PBT = ("a population-based member's configuration is its schedule, not a starting point: retrain it with "
+               "`best --export` and `hpsearch train best.yaml`, which replays the schedule")
 
 
 def _direction(metric: str, raw: Any, path: str) -> Literal["maximize", "minimize"]:

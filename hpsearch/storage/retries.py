@@ -14,6 +14,7 @@ from hpsearch.core import record_keys
 from hpsearch.core.record_keys import (
     ATTR_RETRY_OF,
     ATTR_RETRY_REASON,
+    CONFIRM_ATTR_PREFIX,
     FailureKind,
 )
 
@@ -54,7 +55,9 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str | None = 
     failures = Counter(_failure_class(t) for t in attempts if t.state == TrialState.FAIL)
     if any(allowed is not None and failures[kind] > allowed for kind, allowed in RETRIES_ALLOWED.items()):
         return False
-    attrs: dict[str, Any] = {ATTR_RETRY_OF: first}
+    # What fixed the attempt beside its parameters (a confirmation's seed) goes with it.
+    attrs: dict[str, Any] = {k: v for k, v in trial.user_attrs.items() if k.startswith(CONFIRM_ATTR_PREFIX)}
+    attrs[ATTR_RETRY_OF] = first
     if reason:
         attrs[ATTR_RETRY_REASON] = reason
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)

@@ -21,6 +21,7 @@ from hpsearch.core.record_keys import (
     RUN_STATUS,
     TAG_CHECKPOINT_ERROR,
     TAG_PARENT,
+    TAG_PART_OF,
     TAG_ROLE,
     TAG_STATE,
     TAG_STUDY,
@@ -80,6 +81,21 @@ class StudyTracker:
         )
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
+
+    def nested_study_run(self, study_name: str, parent_study: str, run_name: str) -> str:
+        """The parent run of a study that belongs to another (a confirmation's), nested in that one's parent run:
+        created once, found again by `parent_run` as any study's is."""
+        def find_or_create() -> str:
+            found = find_parent_run(self.client, self.experiment_id, study_name)
+            if found:
+                return found
+            tags = {TAG_ROLE: "study", TAG_STUDY: study_name, TAG_PART_OF: parent_study}
+            parent = find_parent_run(self.client, self.experiment_id, parent_study)
+            if parent:
+                tags[TAG_PARENT] = parent
+            return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+        return through_outage(find_or_create, f"the {run_name} run")
 
     def close_parent(self, run_id: str, best: Mapping[str, Any] | None) -> None:
         """Close the study's parent run on the writer thread (drain() delivers it)."""
