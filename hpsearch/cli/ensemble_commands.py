@@ -67,3 +67,56 @@ def show_confirmation(result: dict, fmt: str) -> None:
                                   f"{result['expected']} retrainings complete")
     if result["winner"] is not None:
         click.echo(f"confirmed winner: trial {result['winner']} ({confirmation.describe(result['ranking'][0])})")
+
+
+@click.command()
+@study_selector
+@click.option("--top", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Average at most the K best finished trials (and confirmation seeds); default: all of them.")
+@click.option("--method", type=click.Choice(["greedy", "uniform"]), default="greedy", show_default=True,
+              help="greedy: best first, each kept only if the validation score does not drop; uniform: all.")
+@click.option("--device", default="auto", show_default=True, help="Where the soup is measured: auto | cpu | cuda.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the soup's export (default: studies/<study>/soup/).")
+@click.option("--force", is_flag=True, help="Replace the files of an --out folder that is not empty.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def soup(space: str | None, study_name: str | None, storage: str | None, tracking_uri: str | None,
+         top: int | None, method: str, device: str, out_dir: str | None, force: bool, fmt: str) -> None:
+    """Average the weights of a fine-tuning search's best models (a model soup) and export it."""
+    from pathlib import Path
+
+    from hpsearch.results import soup as soups
+    from hpsearch.results.confirmation import confirm_study_name
+    from hpsearch.results.export import check_export_dir
+    from hpsearch.results.retrain import pick_device
+    from hpsearch.storage import stores
+    from hpsearch.tracking.probe import check_tracking
+
+    study, storage, uri = resolve_study(space, study_name, storage, tracking_uri)
+    spec = _usable_spec(study, storage, uri)
+    check_tracking(uri)
+    out = Path(out_dir) if out_dir else stores.study_dir(study.study_name, "soup")
+    check_export_dir(out, force)
+    confirm_name = confirm_study_name(study.study_name)
+    confirm = None
+    if confirm_name in {s.study_name for s in optuna_summaries(storage)}:
+        confirm = stores.load_existing_study(confirm_name, storage)
+    found = soups.candidates(study, spec, top, confirm)
+    soups.check_ingredients(spec, found)
+    result = soups.make_soup(spec, found, method, storage, uri, pick_device(device),
+                             lambda line: click.echo(line, err=True))
+    record = soups.record_soup(study, spec, result, found, storage, uri, out, force)
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    for line in soups.summary_lines(result):
+        click.echo(line)
+    click.echo(f"exported to {out}/ (best.yaml, model.pt, trial.json); MLflow run {record['mlflow_run_id']}")
+
+
+def optuna_summaries(storage: str | None) -> list:
+    import optuna
+
+    from hpsearch.storage import stores
+
+    return optuna.get_all_study_summaries(stores.open_storage(storage), include_best_trial=False)

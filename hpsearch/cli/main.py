@@ -39,7 +39,7 @@ def _error(message: str) -> None:
 
 for command in (search_commands.run, search_commands.validate, search_commands.status, best_command.best,
                 model_commands.compress, model_commands.train, report_commands.report, report_commands.ui,
-                ensemble_commands.confirm):
+                ensemble_commands.confirm, ensemble_commands.soup):
     cli.add_command(command)
 
 

@@ -69,6 +69,7 @@ TAG_PBT_RETRIED = "hpsearch.pbt.retried_epochs"  # a member's ATTR_PBT_RETRIED
 TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SOUP_INGREDIENTS = "hpsearch.soup.ingredients"  # a soup's run: the ingredients it kept, as JSON
 TAG_PART_OF = "hpsearch.part_of"  # on a confirmation's parent run: the study it confirms
 MAX_TAG_CHARS = 4000
 

@@ -93,14 +93,15 @@ class Soup:
 
 
 def greedy(ingredients: Sequence[Ingredient], score_of: Callable[[State], float], maximize: bool = True) -> Soup:
-    """The greedy soup of `ingredients`, scored by `score_of` (the validation metric of a network holding the
-    state, BatchNorm recomputed inside it): each ingredient, best first, is kept only if the score does not drop."""
+    """The greedy soup of `ingredients`, scored by `score_of` (the validation metric of a network holding an
+    averaged state, BatchNorm recomputed inside it): each ingredient, best first, is kept only if the score does
+    not drop below the soup's so far (at first, the best ingredient's own score)."""
     if not ingredients:
         raise ValueError("a soup needs at least one ingredient")
     order = sorted(ingredients, key=lambda i: -i.score if maximize else i.score)
     kept = [order[0]]
-    best_state = average([order[0].state])
-    best = score_of(best_state)
+    # A soup of one is that model as it is, its own statistics and score included.
+    best_state, best = order[0].state, order[0].score
     tried = [(order[0].name, best)]
     for candidate in order[1:]:
         state = average([i.state for i in [*kept, candidate]])

@@ -54,19 +54,19 @@ def test_batchnorm_statistics_are_measured_again_on_the_averaged_network():
 
 def test_the_greedy_soup_rejects_an_ingredient_that_lowers_the_score():
     good = {"w": torch.tensor([1.0, 1.0])}
-    also_good = {"w": torch.tensor([1.0, 0.8])}
+    also_good = {"w": torch.tensor([1.0, 0.75])}
     bad = {"w": torch.tensor([-5.0, -5.0])}
 
     def score_of(state):  # higher near (1, 0.9), between the two good ones: averaging them helps
         return -float((state["w"] - torch.tensor([1.0, 0.9])).abs().sum())
 
-    ingredients = [soup.Ingredient("bad", bad, 0.5), soup.Ingredient("good", good, 0.9),
-                   soup.Ingredient("also_good", also_good, 0.8)]
+    ingredients = [soup.Ingredient(name, state, score_of(state))
+                   for name, state in (("bad", bad), ("good", good), ("also_good", also_good))]
     result = soup.greedy(ingredients, score_of)
     assert result.kept == ["good", "also_good"]  # best first; the bad one would lower it
     assert [name for name, _ in result.tried] == ["good", "also_good", "bad"]
-    assert torch.allclose(result.state["w"], torch.tensor([1.0, 0.9]))
-    assert result.score == pytest.approx(0.0)
+    assert torch.allclose(result.state["w"], torch.tensor([1.0, 0.875]))
+    assert result.score == pytest.approx(-0.025)
     assert result.tried[0][1] == pytest.approx(-0.1)  # the best ingredient alone
     everything = soup.uniform(ingredients, score_of)
     assert everything.score < result.score
