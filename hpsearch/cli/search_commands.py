@@ -17,6 +17,7 @@ from hpsearch.core.errors import UsageError
 
 if TYPE_CHECKING:
     from hpsearch.search.space import ParamSpec
+    from hpsearch.spec.spec_types import Spec
 from hpsearch.core.terminal import escaped
 from hpsearch.results.study_lookup import load_usable_spec, resolve_study
 from hpsearch.spec.redaction import masked_spec
@@ -55,6 +56,27 @@ def run(space: str, n_trials: int | None, timeout: str | None, devices: str | No
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    if spec.study.confirm is not None and summary.finished >= spec.study.n_trials and not summary.timed_out:
+        _confirm_after_search(spec)
+
+
+def _confirm_after_search(spec: Spec) -> None:
+    """`study.confirm`: the search is done; retrain its best configurations over seeds (`hpsearch confirm`)."""
+    from hpsearch.cli.ensemble_commands import show_confirmation
+    from hpsearch.cli.live import LiveView
+    from hpsearch.results.confirmation import run_confirmation
+    from hpsearch.storage.stores import load_existing_study
+
+    wanted = spec.study.confirm
+    assert wanted is not None
+    study = load_existing_study(spec.study.name, spec.study.storage)
+    live = LiveView(spec.study.metric, spec.study.direction, wanted.top * wanted.seeds)
+    result, interrupted = run_confirmation(spec, study, wanted.top, wanted.seeds, live)
+    if interrupted:
+        click.echo(f"interrupted: {result['complete']}/{result['expected']} retrainings are kept; run the same "
+                   "command again (or `hpsearch confirm`) to finish the confirmation", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    show_confirmation(result, "table")
 
 
 @click.command()
